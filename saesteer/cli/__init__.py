@@ -1,0 +1,33 @@
+"""The `saesteer` command: one subcommand per pipeline stage, each a thin call into the API.
+
+Each stage's commands live in their own module here and register on `app` (or on `eval_app`
+for `saesteer eval ...`) when imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from saesteer.cli.common import app, say
+from saesteer.errors import SaesteerError
+
+STAGE_MODULES = ("core", "train", "discover", "judge", "evaluate", "sweep", "serve", "demo")
+for _name in STAGE_MODULES:
+    importlib.import_module(f"saesteer.cli.{_name}")
+
+
+def main() -> None:
+    try:
+        app()
+    except SaesteerError as e:
+        say(f"error: {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        say("interrupted; rerun the same command to continue from the last finished step")
+        sys.exit(130)
+
+
+__all__ = ["app", "main", "typer"]

@@ -1,0 +1,50 @@
+"""The typed record every dataset loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from saesteer.models import Conversation, PromptLike
+
+Label = Literal["safe", "unsafe"]
+
+
+@dataclass
+class Record:
+    """One evaluation or training item."""
+
+    id: str
+    prompt: PromptLike
+    """A single user prompt, or a conversation (list of role/content messages)."""
+    source: str
+    """Dataset name the record came from."""
+    label: Label | None = None
+    """Whether the prompt should be refused (`unsafe`) or answered (`safe`)."""
+    category: str | None = None
+    reference: str | None = None
+    """Reference answer (GSM8K final number, a chosen response...)."""
+    choices: list[str] | None = None
+    """Answer options of a multiple-choice item."""
+    correct: list[int] | None = None
+    """Indices of the correct options (one for MC1/MMLU, several for TruthfulQA MC2)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_conversation(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+    @property
+    def text(self) -> str:
+        """The prompt, or the last user message of a conversation."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        users = [m["content"] for m in self.prompt if m["role"] == "user"]
+        return users[-1] if users else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
+
+
+def conversation(*turns: tuple[str, str]) -> Conversation:
+    return [{"role": r, "content": c} for r, c in turns]

@@ -1,0 +1,180 @@
+"""Atomic writes, JSON lines, hashing and the cache folder.
+
+Every file saesteer writes goes through here so that an interrupted run never leaves a
+half-written file behind: data is written to a temporary file beside the target, flushed to
+disk, then renamed over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from saesteer.errors import SaesteerError
+
+
+def cache_dir() -> Path:
+    """Where converted models and other derived files live (`SAESTEER_CACHE` overrides)."""
+    root = os.environ.get("SAESTEER_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "saesteer"
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create `path` (and parents); a clear error when the location is not writable."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaesteerError(f"cannot create folder {path}: {e.strerror}; choose a writable --out") from e
+    if not os.access(path, os.W_OK):
+        raise SaesteerError(f"folder {path} is not writable; choose another --out")
+    return path
+
+
+def _disk_error(path: Path, e: OSError) -> SaesteerError:
+    if e.errno == errno.ENOSPC:
+        return SaesteerError(f"disk full while writing {path}; free space and rerun (finished work is kept)")
+    return SaesteerError(f"cannot write {path}: {e.strerror}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success it replaces `path` in one rename."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise _disk_error(path, e) from e
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise SaesteerError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SaesteerError(f"{path} is not valid JSON ({e}); delete or regenerate it") from e
+
+
+def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[dict]:
+    """Read JSON lines. A torn last line (a killed writer) is dropped when tolerated."""
+    path = Path(path)
+    if not path.exists():
+        raise SaesteerError(f"file not found: {path}")
+    rows: list[dict] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if tolerate_torn_tail and n == len(lines):
+                break
+            raise SaesteerError(f"{path}:{n} is not valid JSON ({e.msg}); fix or delete that line") from e
+    return rows
+
+
+class JsonlAppender:
+    """Append rows to a JSON-lines file, each flushed and fsynced, so a kill loses at most one row.
+
+    A torn last line left by an earlier crash is cut off when the file is opened.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        ensure_dir(self.path.parent)
+        if self.path.exists():
+            _truncate_torn_tail(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        try:
+            self._f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise _disk_error(self.path, e) from e
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written temporary folder into place (replacing an older one)."""
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+
+
+def iter_lines(path: str | Path) -> Iterable[str]:
+    with open(path, encoding="utf-8") as f:
+        yield from (line.rstrip("\n") for line in f)

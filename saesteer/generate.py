@@ -1,0 +1,273 @@
+"""Batched generation with left padding, a KV cache and per-row stopping.
+
+Our own loop rather than `model.generate`, for three reasons: rows that finish leave the
+batch (the cache is compacted), an evaluator can stop a row early once its answer is
+decided, and steering hooks can see which tokens are prompt and which are generated through
+`forward_info()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saesteer.errors import SaesteerError
+from saesteer.models import ChatModel, PromptLike
+
+# Token roles seen by steering hooks.
+PAD, TEMPLATE, CONTENT, GENERATED = 0, 1, 2, 3
+
+
+@dataclass
+class ForwardInfo:
+    """What the current forward pass holds, for hooks that act per token or per row."""
+
+    roles: torch.Tensor
+    """[batch, seq] int: PAD, TEMPLATE (chat scaffolding), CONTENT (prompt text) or GENERATED."""
+    rows: torch.Tensor
+    """[batch] index of each row in the caller's list of prompts (stable while rows finish)."""
+    prefill: bool
+    """True when the pass reads the prompt (the first forward of a generation)."""
+
+
+_FORWARD_INFO: contextvars.ContextVar[ForwardInfo | None] = contextvars.ContextVar(
+    "saesteer_forward_info", default=None)
+
+
+def forward_info() -> ForwardInfo | None:
+    """The `ForwardInfo` of the forward pass now running, or None outside `generate`."""
+    return _FORWARD_INFO.get()
+
+
+@contextlib.contextmanager
+def forward_context(info: ForwardInfo) -> Iterator[None]:
+    token = _FORWARD_INFO.set(info)
+    try:
+        yield
+    finally:
+        _FORWARD_INFO.reset(token)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    """Upper bound on generated tokens per row."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k filtering."""
+    stop_strings: tuple[str, ...] = ()
+    """A row ends when its text contains one of these (the text is cut before it)."""
+    batch_size: int = 8
+    seed: int = 0
+    """Sampling seed; each row gets its own generator, so a row's sample does not depend on its batch."""
+    system: str | None = None
+    """System prompt for chat prompts (None keeps the template's default)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SaesteerError("max_new_tokens must be at least 1")
+        if self.batch_size < 1:
+            raise SaesteerError("batch_size must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise SaesteerError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class Generation:
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+    finish_reason: str
+    """stop (end of turn), stop_string, length, or early (the caller's `should_stop`)."""
+    token_ids: list[int] = field(default_factory=list)
+
+
+ShouldStop = Callable[[int, str], bool]
+"""`should_stop(row, text_so_far)`: end a row early (e.g. once a judge is certain)."""
+
+
+def chat_template_spans(lm: ChatModel) -> tuple[int, int]:
+    """(prefix, suffix) token counts of the chat scaffolding around a single user message."""
+    cached = lm.info.get("chat_spans")
+    if cached:
+        return cached
+    a = encode_prompt(lm, "alpha beta", chat=True, system=None)
+    b = encode_prompt(lm, "gamma delta epsilon", chat=True, system=None)
+    prefix = 0
+    while prefix < min(len(a), len(b)) and a[prefix] == b[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < min(len(a), len(b)) - prefix and a[-1 - suffix] == b[-1 - suffix]:
+        suffix += 1
+    lm.info["chat_spans"] = (prefix, suffix)
+    return prefix, suffix
+
+
+def encode_prompt(lm: ChatModel, prompt: PromptLike, *, chat: bool = True,
+                  system: str | None = None) -> list[int]:
+    if chat:
+        text = lm.chat(prompt, system=system)
+        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not isinstance(prompt, str):
+        raise SaesteerError("raw (non-chat) prompts must be plain strings")
+    return lm.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def prompt_roles(lm: ChatModel, length: int, *, chat: bool) -> list[int]:
+    if not chat:
+        return [CONTENT] * length
+    prefix, suffix = chat_template_spans(lm)
+    prefix = min(prefix, length)
+    suffix = min(suffix, length - prefix)
+    return [TEMPLATE] * prefix + [CONTENT] * (length - prefix - suffix) + [TEMPLATE] * suffix
+
+
+@torch.inference_mode()
+def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationConfig | None = None,
+             *, chat: bool = True, should_stop: ShouldStop | None = None,
+             progress: bool | str = False) -> list[Generation]:
+    """Generate one answer per prompt, in the order given.
+
+    Prompts are chat prompts (a string or a list of messages) rendered with the model's chat
+    template, or raw text with `chat=False`. Greedy output for a prompt does not depend on
+    the other prompts in its batch.
+    """
+    config = config or GenerationConfig()
+    encoded = [encode_prompt(lm, p, chat=chat, system=config.system) for p in prompts]
+    limit = lm.context_length
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise SaesteerError(f"prompt {i} is empty")
+        if len(ids) + config.max_new_tokens > limit:
+            raise SaesteerError(
+                f"prompt {i} has {len(ids)} tokens and {config.max_new_tokens} new tokens do not fit "
+                f"the model's {limit}-token context; shorten the prompt or lower --max-new-tokens")
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    results: list[Generation | None] = [None] * len(encoded)
+    bar = tqdm(total=len(encoded), desc=progress if isinstance(progress, str) else "generate",
+               unit="prompt", disable=not progress, leave=False)
+    for start in range(0, len(order), config.batch_size):
+        rows = order[start:start + config.batch_size]
+        batch = [encoded[r] for r in rows]
+        roles = [prompt_roles(lm, len(ids), chat=chat) for ids in batch]
+        for row, gen in zip(rows, _generate_batch(lm, batch, roles, rows, config, should_stop)):
+            results[row] = gen
+        bar.update(len(rows))
+    bar.close()
+    return [r for r in results if r is not None]
+
+
+def _sample(logits: torch.Tensor, rows: list[int], config: GenerationConfig,
+            generators: dict[int, torch.Generator]) -> torch.Tensor:
+    logits = logits.float()
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / config.temperature
+    if config.top_k > 0:
+        kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1:
+        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > config.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = logits.softmax(-1).cpu()
+    out = []
+    for i, row in enumerate(rows):
+        g = generators.setdefault(row, torch.Generator().manual_seed(config.seed * 1_000_003 + row))
+        out.append(torch.multinomial(probs[i], 1, generator=g))
+    return torch.cat(out).to(logits.device)
+
+
+def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]], rows: list[int],
+                    config: GenerationConfig, should_stop: ShouldStop | None) -> list[Generation]:
+    from transformers import DynamicCache
+
+    device = lm.device
+    pad_id = lm.tokenizer.pad_token_id
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    role_t = torch.full((len(batch), width), PAD, dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        attention[i, width - len(ids):] = 1
+        role_t[i, width - len(ids):] = torch.tensor(roles[i])
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    stop_ids = torch.tensor(lm.stop_token_ids, device=device)
+    cache = DynamicCache(config=lm.model.config)
+    generators: dict[int, torch.Generator] = {}
+
+    live = list(range(len(batch)))        # indices into `batch` still generating
+    new_tokens: list[list[int]] = [[] for _ in batch]
+    texts = [""] * len(batch)
+    finished: dict[int, str] = {}
+    info = ForwardInfo(roles=role_t.to(device), rows=torch.tensor(rows, device=device), prefill=True)
+    with forward_context(info):
+        out = lm.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1]
+    for _step in range(config.max_new_tokens):
+        next_ids = _sample(logits, [rows[i] for i in live], config, generators)
+        is_stop = torch.isin(next_ids, stop_ids).tolist()
+        next_list = next_ids.tolist()
+        keep: list[int] = []
+        for j, i in enumerate(live):
+            if is_stop[j]:
+                finished[i] = "stop"
+                continue
+            new_tokens[i].append(next_list[j])
+            if config.stop_strings or should_stop:
+                texts[i] = lm.tokenizer.decode(new_tokens[i], skip_special_tokens=True)
+            hit = next((s for s in config.stop_strings if s in texts[i]), None)
+            if hit is not None:
+                finished[i] = "stop_string"
+            elif should_stop is not None and should_stop(rows[i], texts[i]):
+                finished[i] = "early"
+            elif len(new_tokens[i]) >= config.max_new_tokens:
+                finished[i] = "length"
+            else:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            attention = attention[index]
+            positions = positions[index]
+            next_ids = next_ids[index]
+            live = [live[j] for j in keep]
+        attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        info = ForwardInfo(roles=torch.full((len(live), 1), GENERATED, device=device),
+                           rows=torch.tensor([rows[i] for i in live], device=device), prefill=False)
+        with forward_context(info):
+            out = lm.model(input_ids=next_ids[:, None], attention_mask=attention,
+                           position_ids=positions, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1]
+    results = []
+    for i, ids in enumerate(batch):
+        text = lm.tokenizer.decode(new_tokens[i], skip_special_tokens=True)
+        reason = finished.get(i, "length")
+        if reason == "stop_string":
+            cut = min(text.find(s) for s in config.stop_strings if s in text)
+            text = text[:cut]
+        results.append(Generation(text=text, n_prompt_tokens=len(ids),
+                                  n_new_tokens=len(new_tokens[i]), finish_reason=reason,
+                                  token_ids=new_tokens[i]))
+    return results
+
+
+def generate_one(lm: ChatModel, prompt: PromptLike, **config: Any) -> str:
+    """Convenience: the answer to one chat prompt."""
+    return generate(lm, [prompt], GenerationConfig(**config))[0].text
