@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from saesteer.errors import SaesteerError
+from saesteer.generate import CONTENT, GENERATED, TEMPLATE, GenerationConfig, forward_info, generate
+from saesteer.hooks import forward_hooks, hook_point
+from tests.tiny import tiny_model
+
+PROMPTS = ["Hi", "Write a poem about the sea, the waves and the shore at night.", "How do I kill a process?",
+           [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Sure, here is"},
+            {"role": "user", "content": "more please"}]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_greedy_is_the_same_alone_and_in_a_padded_batch(arch):
+    lm = tiny_model(arch)
+    config = GenerationConfig(max_new_tokens=12, batch_size=4)
+    batched = generate(lm, PROMPTS, config)
+    for prompt, gen in zip(PROMPTS, batched):
+        alone = generate(lm, [prompt], config)[0]
+        assert alone.token_ids == gen.token_ids
+    assert all(g.n_new_tokens > 0 for g in batched)
+
+
+def test_matches_hf_generate_greedy(tiny_llama):
+    lm = tiny_llama
+    config = GenerationConfig(max_new_tokens=10)
+    ours = generate(lm, [PROMPTS[1]], config)[0]
+    ids = lm.tokenizer(lm.chat(PROMPTS[1]), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ref = lm.model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=lm.stop_token_ids,
+                            pad_token_id=lm.tokenizer.pad_token_id)
+    assert ours.token_ids == ref[0, ids.shape[1]:].tolist()[:len(ours.token_ids)]
+
+
+def test_stop_strings_and_early_stop(tiny_llama):
+    lm = tiny_llama
+    full = generate(lm, ["Hi"], GenerationConfig(max_new_tokens=16))[0]
+    assert full.finish_reason in ("length", "stop")
+    if len(full.text) > 3:
+        stop = full.text[2:4]
+        cut = generate(lm, ["Hi"], GenerationConfig(max_new_tokens=16, stop_strings=(stop,)))[0]
+        assert cut.finish_reason == "stop_string" and stop not in cut.text and full.text.startswith(cut.text)
+    early = generate(lm, ["Hi", "Hello"], GenerationConfig(max_new_tokens=16),
+                     should_stop=lambda row, text: row == 0 and len(text) > 0)
+    assert early[0].finish_reason == "early" and early[0].n_new_tokens == 1
+
+
+def test_sampling_is_seeded_per_row(tiny_llama):
+    config = GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=0.9, top_k=50, seed=3)
+    a = generate(tiny_llama, ["Hi", "Hello"], config)
+    b = generate(tiny_llama, ["Hi", "Hello"], config)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_hooks_see_token_roles(tiny_llama):
+    seen = []
+
+    def hook(module, inputs, output):
+        info = forward_info()
+        seen.append((info.prefill, info.roles.clone(), info.rows.tolist()))
+
+    with forward_hooks([(hook_point(tiny_llama.model, 1).module, hook)]):
+        generate(tiny_llama, ["Hi", "Write a poem"], GenerationConfig(max_new_tokens=3, batch_size=2))
+    prefill, roles, rows = seen[0]
+    assert prefill and sorted(rows) == [0, 1]
+    assert (roles == TEMPLATE).any() and (roles == CONTENT).any()
+    assert all(not p and (r == GENERATED).all() for p, r, _ in seen[1:])
+
+
+def test_prompt_too_long_is_a_clear_error(tiny_llama):
+    with pytest.raises(SaesteerError, match="context"):
+        generate(tiny_llama, ["word " * 600], GenerationConfig(max_new_tokens=4))
+    with pytest.raises(SaesteerError, match="max_new_tokens"):
+        GenerationConfig(max_new_tokens=0)
