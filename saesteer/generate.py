@@ -70,6 +70,8 @@ class GenerationConfig:
     """Sampling seed; each row gets its own generator, so a row's sample does not depend on its batch."""
     system: str | None = None
     """System prompt for chat prompts (None keeps the template's default)."""
+    use_cache: bool = True
+    """False recomputes the whole sequence every step (slow; for checking cached results)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -205,7 +207,7 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
     input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     stop_ids = torch.tensor(lm.stop_token_ids, device=device)
-    cache = DynamicCache(config=lm.model.config)
+    cache = DynamicCache(config=lm.model.config) if config.use_cache else None
     generators: dict[int, torch.Generator] = {}
 
     live = list(range(len(batch)))        # indices into `batch` still generating
@@ -215,7 +217,8 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
     info = ForwardInfo(roles=role_t.to(device), rows=torch.tensor(rows, device=device), prefill=True)
     with forward_context(info):
         out = lm.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+                       past_key_values=cache if config.use_cache else None,
+                       use_cache=config.use_cache, logits_to_keep=1)
     logits = out.logits[:, -1]
     for _step in range(config.max_new_tokens):
         next_ids = _sample(logits, [rows[i] for i in live], config, generators)
@@ -242,18 +245,24 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
             break
         if len(keep) < len(live):
             index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
+            if cache is not None:
+                cache.batch_select_indices(index)
             attention = attention[index]
             positions = positions[index]
             next_ids = next_ids[index]
             live = [live[j] for j in keep]
         attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=1)
         positions = positions[:, -1:] + 1
-        info = ForwardInfo(roles=torch.full((len(live), 1), GENERATED, device=device),
-                           rows=torch.tensor([rows[i] for i in live], device=device), prefill=False)
-        with forward_context(info):
-            out = lm.model(input_ids=next_ids[:, None], attention_mask=attention,
-                           position_ids=positions, past_key_values=cache, use_cache=True)
+        live_rows = torch.tensor([rows[i] for i in live], device=device)
+        if config.use_cache:
+            info = ForwardInfo(roles=torch.full((len(live), 1), GENERATED, device=device),
+                               rows=live_rows, prefill=False)
+            with forward_context(info):
+                out = lm.model(input_ids=next_ids[:, None], attention_mask=attention,
+                               position_ids=positions, past_key_values=cache, use_cache=True)
+        else:
+            out = _full_forward(lm, input_ids, role_t.to(device), live,
+                                new_tokens, attention, live_rows, pad_id)
         logits = out.logits[:, -1]
     results = []
     for i, ids in enumerate(batch):
@@ -271,3 +280,17 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
 def generate_one(lm: ChatModel, prompt: PromptLike, **config: Any) -> str:
     """Convenience: the answer to one chat prompt."""
     return generate(lm, [prompt], GenerationConfig(**config))[0].text
+
+
+def _full_forward(lm: ChatModel, prompt_ids: torch.Tensor, prompt_roles: torch.Tensor, live: list[int],
+                  new_tokens: list[list[int]], attention: torch.Tensor, rows: torch.Tensor,
+                  pad_id: int) -> Any:
+    """Forward over prompt + everything generated so far, without a cache (the slow reference)."""
+    device = prompt_ids.device
+    n_new = len(new_tokens[live[0]])
+    gen = torch.tensor([new_tokens[i] for i in live], device=device).reshape(len(live), n_new)
+    ids = torch.cat([prompt_ids[live], gen], dim=1)
+    roles = torch.cat([prompt_roles[live], torch.full_like(gen, GENERATED)], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    with forward_context(ForwardInfo(roles=roles, rows=rows, prefill=True)):
+        return lm.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)

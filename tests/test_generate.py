@@ -72,3 +72,9 @@ def test_prompt_too_long_is_a_clear_error(tiny_llama):
         generate(tiny_llama, ["word " * 600], GenerationConfig(max_new_tokens=4))
     with pytest.raises(SaesteerError, match="max_new_tokens"):
         GenerationConfig(max_new_tokens=0)
+
+
+def test_without_kv_cache_gives_the_same_tokens(tiny_llama):
+    cached = generate(tiny_llama, PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=4))
+    uncached = generate(tiny_llama, PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=4, use_cache=False))
+    assert [g.token_ids for g in cached] == [g.token_ids for g in uncached]

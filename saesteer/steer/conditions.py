@@ -1,0 +1,198 @@
+"""Conditional steering: steer a row only when a detector on its prompt fires.
+
+A detector scores each prompt token at one hook point (an SAE latent's activation, a linear
+probe, or the cosine with a condition direction as in CAST), pools the scores over the
+prompt's content tokens (chat scaffolding excluded) and compares with a threshold chosen on a
+validation split. Every row decides for itself, at every prefill, so a multi-turn
+conversation is re-decided each turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from saesteer.errors import SaesteerError
+from saesteer.generate import CONTENT, forward_info
+from saesteer.hooks import HookPoint, StopForward, base_model, forward_hooks, output_tensor
+from saesteer.steer.interventions import steering_paused_context
+
+Pooling = Literal["max", "mean", "last"]
+POOLINGS = ("max", "mean", "last")
+
+
+class Detector:
+    """Per-token scores at one hook point."""
+
+    kind: str = "detector"
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """[N, d] residuals → [N] scores."""
+        raise NotImplementedError
+
+
+class SAEFeatureDetector(Detector):
+    kind = "sae_feature"
+
+    def __init__(self, sae: Any, feature: int):
+        if not 0 <= feature < sae.d_sae:
+            raise SaesteerError(f"detector feature {feature} is out of range: the SAE has {sae.d_sae} latents")
+        self.sae, self.feature = sae, feature
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.tensor([self.feature], device=x.device)
+        return self.sae.feature_acts(x.to(self.sae.W_dec.dtype), idx)[:, 0].float()
+
+
+class ProbeDetector(Detector):
+    """Logistic-regression probe: score = w·x + b (a logit)."""
+
+    kind = "probe"
+
+    def __init__(self, weight: torch.Tensor, bias: float):
+        self.weight, self.bias = weight.detach().float(), float(bias)
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() @ self.weight.to(x.device) + self.bias
+
+
+class DirectionDetector(Detector):
+    """CAST-style condition: cosine between the hidden state and the condition direction."""
+
+    kind = "direction"
+
+    def __init__(self, vector: torch.Tensor):
+        self.unit = (vector / vector.norm()).detach().float()
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return (x @ self.unit.to(x.device)) / x.norm(dim=-1).clamp(min=1e-6)
+
+
+def pool(scores: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """[B, T] token scores, [B, T] bool mask of tokens to read → [B] pooled scores."""
+    if pooling == "max":
+        return scores.masked_fill(~mask, float("-inf")).max(dim=1).values
+    if pooling == "mean":
+        return (scores * mask).sum(1) / mask.sum(1).clamp(min=1)
+    last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(dim=1)
+    return scores.gather(1, last[:, None])[:, 0]
+
+
+@dataclass
+class Condition:
+    """Steer only rows whose pooled detector score passes `threshold`."""
+
+    point: HookPoint
+    detector: Detector
+    threshold: float
+    pooling: Pooling = "max"
+    direction: Literal["above", "below"] = "above"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise SaesteerError(f"unknown pooling {self.pooling!r}; use {', '.join(POOLINGS)}")
+
+    def pooled_scores(self, hidden: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = hidden.shape
+        scores = self.detector.token_scores(hidden.reshape(-1, d)).reshape(b, t)
+        return pool(scores, read_mask, self.pooling)
+
+    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled > self.threshold if self.direction == "above" else pooled < self.threshold
+
+
+def content_mask(batch: int, seq: int, device: torch.device) -> torch.Tensor:
+    """Tokens a detector reads: the prompt's content (chat scaffolding and padding excluded)."""
+    info = forward_info()
+    if info is None:
+        return torch.ones(batch, seq, dtype=torch.bool, device=device)
+    mask = info.roles[:, -seq:] == CONTENT
+    # A prompt without recognisable content (raw text) is read whole.
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        mask[empty] = info.roles[empty][:, -seq:] != 0
+    return mask
+
+
+class ConditionGate:
+    """Keeps each row's steer / don't-steer decision, made from its prompt at prefill."""
+
+    def __init__(self, condition: Condition):
+        self.condition = condition
+        self.decisions: dict[int, bool] = {}
+        self.scores: dict[int, float] = {}
+        self.last_pooled: torch.Tensor | None = None
+        """Pooled scores of the latest prefill (rows in batch order), for inspection."""
+
+    def record(self, hidden: torch.Tensor) -> None:
+        b, t, _ = hidden.shape
+        pooled = self.condition.pooled_scores(hidden, content_mask(b, t, hidden.device))
+        decided = self.condition.decide(pooled)
+        self.last_pooled = pooled
+        info = forward_info()
+        rows = info.rows.tolist() if info is not None else list(range(b))
+        for row, score, steer in zip(rows, pooled.tolist(), decided.tolist()):
+            self.decisions[row] = bool(steer)
+            self.scores[row] = float(score)
+        self._current = decided
+
+    def rows_mask(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        info = forward_info()
+        if info is None:
+            current = getattr(self, "_current", None)
+            if current is None or len(current) != batch:
+                raise SaesteerError("conditional steering needs the prompt's forward pass first")
+            return current.to(device)
+        return torch.tensor([self.decisions.get(r, False) for r in info.rows.tolist()], device=device)
+
+    def detect_hook(self):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            info = forward_info()
+            if info is None or info.prefill:
+                self.record(output_tensor(output))
+
+        return hook
+
+    def prepass_hook(self, model: nn.Module):
+        """A forward pre-hook on the whole model that reads the detector layer before steering runs
+        (used when the detector sits deeper than a steered layer)."""
+        inner = base_model(model)
+        point = self.condition.point
+        state = {"busy": False}
+
+        def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.record(output_tensor(output))
+            raise StopForward
+
+        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            info = forward_info()
+            if state["busy"] or not (info is None or info.prefill):
+                return
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            state["busy"] = True
+            try:
+                with forward_hooks([(point.module, capture)]), steering_paused_context():
+                    inner(input_ids=input_ids, attention_mask=kwargs.get("attention_mask"),
+                          position_ids=kwargs.get("position_ids"), use_cache=False)
+            except StopForward:
+                pass
+            finally:
+                state["busy"] = False
+
+        return pre_hook
+
+
+def threshold_for_fpr(negative_scores: torch.Tensor | list[float], target_fpr: float) -> float:
+    """The threshold whose false-positive rate on these negatives is at most `target_fpr`."""
+    scores = torch.as_tensor(negative_scores, dtype=torch.float64)
+    if scores.numel() == 0:
+        raise SaesteerError("threshold calibration needs negative (safe) examples")
+    if not 0 <= target_fpr < 1:
+        raise SaesteerError("target false-positive rate must be in [0, 1)")
+    ordered = scores.sort(descending=True).values
+    allowed = int(target_fpr * len(ordered))
+    return float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])

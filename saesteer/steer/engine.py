@@ -1,0 +1,140 @@
+"""Turn a steering spec into hooks on a loaded model: `with steer(lm, spec): generate(...)`.
+
+Everything that can be wrong with a spec (hook, SAE width, feature id, file hash, model) is
+checked when the spec is resolved, before any generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from saesteer.errors import SaesteerError
+from saesteer.hooks import HookPoint, hook_point
+from saesteer.models import ChatModel
+from saesteer.steer.conditions import (Condition, ConditionGate, DirectionDetector, ProbeDetector,
+                                       SAEFeatureDetector)
+from saesteer.steer.interventions import (DirectionIntervention, Intervention, SAEFeatureIntervention,
+                                          apply_interventions)
+from saesteer.steer.spec import FileRef, SteeringSpec
+
+
+@lru_cache(maxsize=8)
+def _load_sae_cached(path: str, mtime: float) -> Any:
+    from saesteer.sae import load_sae
+
+    return load_sae(path)
+
+
+def load_sae_ref(spec: SteeringSpec, ref: FileRef, lm: ChatModel, point: HookPoint) -> Any:
+    """Load (cached) and check an SAE against the model and the hook it is used at."""
+    path = spec.resolve_path(ref)
+    if not path.exists():
+        raise SaesteerError(f"SAE {path} not found")
+    weights = path / "sae_weights.safetensors" if path.is_dir() else path
+    sae = _load_sae_cached(str(path), weights.stat().st_mtime if weights.exists() else 0.0)
+    if ref.sha256 and not sae.content_hash().startswith(ref.sha256):
+        raise SaesteerError(f"SAE {path} has changed since the spec was written "
+                            f"(sha256 {sae.content_hash()[:16]} vs {ref.sha256[:16]}); regenerate the spec")
+    if sae.d_in != lm.d_model:
+        raise SaesteerError(f"SAE {path} reads {sae.d_in}-wide activations but {lm.name} has d_model {lm.d_model}; "
+                            "it was trained for another model")
+    meta = sae.metadata or {}
+    sae_layer = meta.get("layer")
+    if sae_layer is not None and int(sae_layer) != point.layer:
+        raise SaesteerError(f"SAE {path} was trained at layer {sae_layer} but is used at {point.name}; "
+                            f"use hook model layer {sae_layer}")
+    sae_model = meta.get("model_id")
+    if sae_model and lm.model_id and sae_model != lm.model_id and not lm.model_id.startswith("tiny-random"):
+        raise SaesteerError(f"SAE {path} was trained on {sae_model} but the model is {lm.model_id}")
+    return sae.to(lm.device)
+
+
+def load_vector(spec: SteeringSpec, ref: FileRef, d_model: int) -> torch.Tensor:
+    path = spec.resolve_path(ref)
+    if not path.is_file():
+        raise SaesteerError(f"vector file {path} not found")
+    if ref.sha256:
+        from saesteer.files import sha256_file
+
+        if not sha256_file(path).startswith(ref.sha256):
+            raise SaesteerError(f"vector file {path} has changed since the spec was written; regenerate the spec")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise SaesteerError(f"vector file {path} is corrupt ({e})") from e
+    key = ref.key or (next(iter(tensors)) if len(tensors) == 1 else None)
+    if key not in tensors:
+        raise SaesteerError(f"vector file {path} has no tensor {ref.key!r}; it holds {', '.join(tensors)}")
+    vec = tensors[key].float().reshape(-1)
+    if vec.numel() != d_model:
+        raise SaesteerError(f"vector {key} in {path} has {vec.numel()} dims but the model has d_model {d_model}")
+    return vec
+
+
+class Steering:
+    """A spec resolved against one model: hook points, loaded SAEs/vectors and the condition."""
+
+    def __init__(self, lm: ChatModel, spec: SteeringSpec | str | Path | dict, *, check_model: bool = True):
+        if isinstance(spec, (str, Path)):
+            spec = SteeringSpec.load(spec)
+        elif isinstance(spec, dict):
+            spec = SteeringSpec.from_dict(spec)
+        self.lm, self.spec = lm, spec
+        spec_model = spec.model.get("id")
+        if check_model and spec_model and spec_model != lm.model_id:
+            raise SaesteerError(f"steering spec was made for {spec_model} but the model is {lm.model_id}")
+        grouped: dict[str, tuple[HookPoint, list[Intervention]]] = {}
+        for iv in spec.interventions:
+            point = hook_point(lm.model, iv.hook)
+            if iv.sae is not None:
+                intervention: Intervention = SAEFeatureIntervention(load_sae_ref(spec, iv.sae, lm, point), iv.features)
+            else:
+                intervention = DirectionIntervention(load_vector(spec, iv.vector, lm.d_model), iv.op, iv.value)
+            grouped.setdefault(point.name, (point, []))[1].append(intervention)
+        self.groups = list(grouped.values())
+        self.gate: ConditionGate | None = None
+        if spec.condition is not None:
+            c = spec.condition
+            point = hook_point(lm.model, c.hook)
+            if c.detector == "sae_feature":
+                detector = SAEFeatureDetector(load_sae_ref(spec, c.sae, lm, point), int(c.feature))
+            elif c.detector == "probe":
+                detector = ProbeDetector(load_vector(spec, c.vector, lm.d_model), c.bias)
+            else:
+                detector = DirectionDetector(load_vector(spec, c.vector, lm.d_model))
+            self.gate = ConditionGate(Condition(point, detector, c.threshold, c.pooling, c.direction))  # type: ignore[arg-type]
+
+    @property
+    def hash(self) -> str:
+        return self.spec.hash()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Steering]:
+        """Register the hooks for the duration of the block (always removed afterwards)."""
+        with contextlib.ExitStack() as stack:
+            if self.gate is not None:
+                point = self.gate.condition.point
+                if point.layer <= min(p.layer for p, _ in self.groups):
+                    # The detector reads its layer before any steered layer: decide in the same pass.
+                    handle = point.module.register_forward_hook(self.gate.detect_hook())
+                else:
+                    handle = self.lm.model.register_forward_pre_hook(self.gate.prepass_hook(self.lm.model),
+                                                                     with_kwargs=True)
+                stack.callback(handle.remove)
+            stack.enter_context(apply_interventions(self.groups, self.spec.positions, self.gate))  # type: ignore[arg-type]
+            yield self
+
+
+def steer(lm: ChatModel, spec: SteeringSpec | str | Path | dict | None, **kwargs: Any):
+    """Context manager: the model is steered by `spec` inside the block (`None`: unsteered)."""
+    if spec is None:
+        return contextlib.nullcontext(None)
+    return Steering(lm, spec, **kwargs).active()
