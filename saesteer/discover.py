@@ -1,0 +1,378 @@
+"""Find an SAE's refusal features, automatically, the way the paper did by hand — and check them.
+
+1. The model answers harmful prompts; a judge splits its answers into refusals and compliances.
+   Fixed refusal / compliance replies (teacher-forced) are added, because a small model may
+   refuse rarely on its own.
+2. Every latent is scored on response tokens (refusal vs compliance: mean difference, firing
+   frequency difference, AUROC of the per-response max) and on prompt tokens (harmful vs
+   harmless prompts: the same scores, for detectors of conditional steering).
+3. For the top candidates: top-activating contexts and the output tokens each decoder row
+   promotes and suppresses (through the unembedding).
+4. Causal check: each candidate clamped at a few values on held-out harmful and harmless
+   prompts; ranked by refusal gained on harmful minus refusal gained on harmless prompts.
+
+Writes `features.json` (ranked, every score), `index.html`, and steering specs for the best
+feature (`clamp.yaml`) and its conditional version (`conditional.yaml`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saesteer import html as H
+from saesteer.data import load_records
+from saesteer.errors import SaesteerError
+from saesteer.files import ensure_dir, write_json, write_text
+from saesteer.generate import CONTENT, ForwardInfo, GenerationConfig, forward_context, generate
+from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
+from saesteer.models import ChatModel, to_conversation
+from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec, Steering
+from saesteer.steer.conditions import threshold_for_fpr
+from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode
+
+
+@dataclass
+class DiscoverConfig:
+    harmful: str = "bundled:harmful"
+    """Harmful prompts (ranking and causal check use disjoint parts)."""
+    harmless: str = "bundled:harmless"
+    n_rank: int = 64
+    """Prompts per class used to rank features."""
+    n_causal: int = 16
+    """Held-out prompts per class for the causal check."""
+    max_new_tokens: int = 48
+    """Length of the model's own answers used for ranking."""
+    n_candidates: int = 8
+    """Top-ranked latents that get contexts, logit effects and the causal check."""
+    causal_multipliers: tuple[float, ...] = (2.0, 4.0)
+    """Clamp values tried, as multiples of each latent's largest activation on refusal tokens."""
+    causal_values: tuple[float, ...] = ()
+    """Absolute clamp values (override the multipliers)."""
+    causal_max_new_tokens: int = 32
+    detector_fpr: float = 0.05
+    """Target false-positive rate on harmless prompts for the conditional spec's threshold."""
+    judge: str = "auto"
+    batch_size: int = 16
+    n_contexts: int = 6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_rank < 4 or self.n_candidates < 1:
+            raise SaesteerError("discovery needs n_rank >= 4 and n_candidates >= 1")
+
+
+@dataclass
+class ResponseSet:
+    conversations: list[list[dict]] = field(default_factory=list)
+    refusal: list[bool] = field(default_factory=list)
+    natural: list[bool] = field(default_factory=list)
+
+
+def _pooled_codes(lm: ChatModel, sae: Any, layer: int, items: list, select: str,
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[list[int], torch.Tensor]]]:
+    """Per item: max, mean and firing fraction of every latent over the selected tokens,
+    plus (token ids, selected-token mask) to find contexts later."""
+    model = base_model(lm.model)
+    maxes, means, freqs, kept = [], [], [], []
+    encoded = [_encode(lm, it, select) for it in items]  # type: ignore[arg-type]
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), lm.tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        sel = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for i, (tokens, mask) in enumerate(chunk):
+            ids[i, width - len(tokens):] = torch.tensor(tokens)
+            attn[i, width - len(tokens):] = 1
+            sel[i, width - len(tokens):] = torch.tensor(mask)
+            kept.append((tokens, torch.tensor(mask)))
+        ids, attn = ids.to(lm.device), attn.to(lm.device)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        info = ForwardInfo(roles=attn * CONTENT, rows=torch.arange(len(chunk), device=lm.device), prefill=True)
+        with torch.inference_mode(), forward_context(info), capture(model, [layer]) as acts:
+            run_until_stopped(lambda: model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False))
+        h = acts[layer]
+        with torch.inference_mode():
+            for i in range(len(chunk)):
+                rows = h[i][sel[i].to(h.device)]
+                z = sae.encode(rows.to(sae.W_dec.dtype)).float().cpu()
+                maxes.append(z.max(0).values)
+                means.append(z.mean(0))
+                freqs.append((z > 0).float().mean(0))
+    return torch.stack(maxes), torch.stack(means), torch.stack(freqs), kept
+
+
+def auroc(pos: torch.Tensor, neg: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Per column, P(pos > neg) + ½ P(pos = neg): [n_pos, F], [n_neg, F] → [F]."""
+    out = []
+    for s in range(0, pos.shape[1], chunk):
+        p, n = pos[:, s:s + chunk], neg[:, s:s + chunk]
+        gt = (p[:, None, :] > n[None, :, :]).float().mean((0, 1))
+        eq = (p[:, None, :] == n[None, :, :]).float().mean((0, 1))
+        out.append(gt + 0.5 * eq)
+    return torch.cat(out)
+
+
+def _rate(judgements: list) -> float:
+    return sum(j.refusal for j in judgements) / max(1, len(judgements))
+
+
+def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | None = None, *,
+             sae_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rank, inspect and causally check refusal features; write features.json and index.html."""
+    from saesteer.evaluate.judge import get_judge
+
+    config = config or DiscoverConfig()
+    out = ensure_dir(out)
+    started = time.time()
+    meta = sae.metadata or {}
+    if sae.d_in != lm.d_model:
+        raise SaesteerError(f"SAE width {sae.d_in} does not match the model's d_model {lm.d_model}")
+    hook = meta.get("hf_hook_name") or meta.get("layer")
+    if hook is None:
+        raise SaesteerError("the SAE does not record its hook point (metadata.hf_hook_name)")
+    point = hook_point(lm.model, hook)
+    judge = get_judge(config.judge)
+    say = tqdm.write if progress else (lambda *_: None)
+
+    harmful = [r.text for r in load_records(config.harmful)]
+    harmless = [r.text for r in load_records(config.harmless)]
+    g = torch.Generator().manual_seed(config.seed)
+    harmful = [harmful[i] for i in torch.randperm(len(harmful), generator=g).tolist()]
+    harmless = [harmless[i] for i in torch.randperm(len(harmless), generator=g).tolist()]
+    need = config.n_rank + config.n_causal
+    if len(harmful) < need or len(harmless) < need:
+        raise SaesteerError(f"discovery needs {need} prompts per class (n_rank + n_causal); "
+                            f"got {len(harmful)} harmful and {len(harmless)} harmless")
+    rank_harmful, causal_harmful = harmful[:config.n_rank], harmful[config.n_rank:need]
+    rank_harmless, causal_harmless = harmless[:config.n_rank], harmless[config.n_rank:need]
+
+    # 1. The model's own answers, judged; plus fixed replies.
+    say(f"[discover] answering {len(rank_harmful)} harmful prompts ({config.max_new_tokens} new tokens)")
+    gen_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    answers = generate(lm, rank_harmful, gen_cfg, progress="answers" if progress else False)
+    verdicts = judge.judge(rank_harmful, [a.text for a in answers])
+    responses = ResponseSet()
+    for prompt, answer, verdict in zip(rank_harmful, answers, verdicts):
+        if answer.text.strip():
+            responses.conversations.append(to_conversation(prompt) + [{"role": "assistant", "content": answer.text}])
+            responses.refusal.append(bool(verdict.refusal))
+            responses.natural.append(True)
+    for i, prompt in enumerate(rank_harmful):
+        for reply, is_refusal in ((REFUSAL_REPLIES[i % len(REFUSAL_REPLIES)], True),
+                                  (COMPLIANCE_REPLIES[i % len(COMPLIANCE_REPLIES)], False)):
+            responses.conversations.append(to_conversation(prompt) + [{"role": "assistant", "content": reply}])
+            responses.refusal.append(is_refusal)
+            responses.natural.append(False)
+    n_nat_ref = sum(r and n for r, n in zip(responses.refusal, responses.natural))
+    n_nat_comp = sum((not r) and n for r, n in zip(responses.refusal, responses.natural))
+    say(f"[discover] the model refused {n_nat_ref} of {len(rank_harmful)} harmful prompts; "
+        f"adding {2 * len(rank_harmful)} fixed refusal/compliance replies")
+
+    # 2. Scores on response tokens and on prompt tokens.
+    say("[discover] encoding responses and prompts with the SAE")
+    r_max, r_mean, r_freq, r_tokens = _pooled_codes(lm, sae, point.layer, responses.conversations, "response",
+                                                    config.batch_size)
+    refusal = torch.tensor(responses.refusal)
+    p_max, p_mean, _, p_tokens = _pooled_codes(lm, sae, point.layer, rank_harmful + rank_harmless, "content",
+                                               config.batch_size)
+    harm = torch.tensor([True] * len(rank_harmful) + [False] * len(rank_harmless))
+    scores = {
+        "refusal_auroc": auroc(r_max[refusal], r_max[~refusal]),
+        "refusal_mean_diff": r_mean[refusal].mean(0) - r_mean[~refusal].mean(0),
+        "refusal_freq_diff": r_freq[refusal].mean(0) - r_freq[~refusal].mean(0),
+        "refusal_max_act": r_max[refusal].max(0).values,
+        "refusals_active_2plus": ((r_freq[refusal] * torch.tensor(
+            [float(m.sum()) for (_, m), r in zip(r_tokens, responses.refusal) if r])[:, None]) >= 2).sum(0).float(),
+        "prompt_auroc": auroc(p_max[harm], p_max[~harm]),
+        "prompt_mean_diff": p_mean[harm].mean(0) - p_mean[~harm].mean(0),
+    }
+    nat = torch.tensor(responses.natural)
+    if n_nat_ref >= 3 and n_nat_comp >= 3:
+        scores["natural_refusal_auroc"] = auroc(r_max[refusal & nat], r_max[~refusal & nat])
+    # Rank: AUROC first (a latent that separates refusals from compliances), then the mean gap.
+    key = scores["refusal_auroc"] + 1e-3 * torch.tanh(scores["refusal_mean_diff"])
+    key = torch.where(scores["refusal_mean_diff"] > 0, key, key - 1.0)
+    order = key.argsort(descending=True)
+    candidates = order[:config.n_candidates].tolist()
+
+    # 3. Contexts and logit effects of the candidates.
+    unembed = lm.model.get_output_embeddings().weight.detach().float()
+    features: list[dict[str, Any]] = []
+    for rank, f in enumerate(candidates):
+        direction = sae.W_dec.detach()[f].float().to(unembed.device)
+        logits = unembed @ direction
+        top, bottom = logits.topk(10).indices.tolist(), (-logits).topk(10).indices.tolist()
+        features.append({
+            "feature": f, "rank_by_activation": rank,
+            **{name: float(v[f]) for name, v in scores.items()},
+            "promoted_tokens": [lm.tokenizer.decode([t]) for t in top],
+            "suppressed_tokens": [lm.tokenizer.decode([t]) for t in bottom],
+        })
+    contexts = _top_contexts(lm, sae, point.layer, candidates, responses.conversations, r_max, r_tokens,
+                             config.n_contexts, config.batch_size)
+    for feat in features:
+        feat["contexts"] = contexts[feat["feature"]]
+
+    # 4. Causal check on held-out prompts.
+    say(f"[discover] causal check: {len(candidates)} latents x "
+        f"{len(config.causal_values) or len(config.causal_multipliers)} values on "
+        f"{len(causal_harmful)} + {len(causal_harmless)} held-out prompts")
+    causal_prompts = causal_harmful + causal_harmless
+    is_harmful = [True] * len(causal_harmful) + [False] * len(causal_harmless)
+    c_cfg = GenerationConfig(max_new_tokens=config.causal_max_new_tokens, batch_size=max(config.batch_size, 32))
+
+    def refusal_rates(spec: SteeringSpec | None) -> tuple[float, float, list[str]]:
+        stop = judge_stopper(judge, causal_prompts)
+        with Steering(lm, spec, check_model=False).active() if spec is not None else _null():
+            gens = generate(lm, causal_prompts, c_cfg, should_stop=stop)
+        js = judge.judge(causal_prompts, [g.text for g in gens])
+        h = [j for j, m in zip(js, is_harmful) if m]
+        s = [j for j, m in zip(js, is_harmful) if not m]
+        return _rate(h), _rate(s), [g.text for g in gens]
+
+    base_h, base_s, base_texts = refusal_rates(None)
+    sae_ref = FileRef(str(Path(sae_path).resolve()) if sae_path else str(out / "sae"),
+                      sae.content_hash() if hasattr(sae, "content_hash") else None)
+    bar = tqdm(total=len(features) * max(1, len(config.causal_values) or len(config.causal_multipliers)),
+               desc="causal check", disable=not progress, leave=False)
+    for feat in features:
+        values = list(config.causal_values) or [round(m * max(feat["refusal_max_act"], 1e-3), 3)
+                                                for m in config.causal_multipliers]
+        feat["causal"] = []
+        for value in values:
+            spec = SteeringSpec(interventions=[InterventionSpec(hook=point.name, sae=sae_ref,
+                                                                features=[FeatureEdit(feat["feature"], "clamp", value)])])
+            rh, rs, texts = refusal_rates(spec)
+            feat["causal"].append({"value": value, "harmful_refusal": rh, "harmless_refusal": rs,
+                                   "harmful_gain": rh - base_h, "harmless_gain": rs - base_s,
+                                   "score": (rh - base_h) - (rs - base_s),
+                                   "examples": [{"prompt": p, "response": t} for p, t in
+                                                zip(causal_prompts[:2] + causal_prompts[-2:], texts[:2] + texts[-2:])]})
+            bar.update(1)
+        best = max(feat["causal"], key=lambda c: (c["score"], c["harmful_gain"]))
+        feat["causal_score"], feat["best_value"] = best["score"], best["value"]
+        feat["best_harmful_gain"] = max(c["harmful_gain"] for c in feat["causal"])
+    bar.close()
+    features.sort(key=lambda f: (f["causal_score"], f["best_harmful_gain"]), reverse=True)
+    for rank, feat in enumerate(features):
+        feat["rank"] = rank
+
+    # Detector for conditional steering: the best prompt-side latent, threshold at the target FPR.
+    detector_order = scores["prompt_auroc"].argsort(descending=True)[:5].tolist()
+    det = detector_order[0]
+    harmless_scores = p_max[~harm][:, det]
+    threshold = threshold_for_fpr(harmless_scores, config.detector_fpr)
+    detectors = [{"feature": f, "prompt_auroc": float(scores["prompt_auroc"][f]),
+                  "prompt_mean_diff": float(scores["prompt_mean_diff"][f])} for f in detector_order]
+    best = features[0]
+    clamp_spec = SteeringSpec(
+        name=f"clamp-{best['feature']}", description="discovered refusal feature, clamped on every token",
+        model={"id": lm.model_id, "revision": lm.revision},
+        interventions=[InterventionSpec(hook=point.name, sae=sae_ref,
+                                        features=[FeatureEdit(best["feature"], "clamp", best["best_value"])])])
+    conditional = SteeringSpec(
+        name=f"conditional-clamp-{best['feature']}", description="clamp only when the detector flags the prompt",
+        model=clamp_spec.model, interventions=clamp_spec.interventions,
+        condition=ConditionSpec(detector="sae_feature", hook=point.name, sae=sae_ref, feature=det, pooling="max",
+                                threshold=threshold,
+                                calibration={"target_fpr": config.detector_fpr, "on": config.harmless,
+                                             "n_negatives": len(harmless_scores),
+                                             "train_auroc": float(scores["prompt_auroc"][det])}))
+    clamp_spec.save(out / "clamp.yaml")
+    conditional.save(out / "conditional.yaml")
+    result = {
+        "model": lm.describe(), "sae": {"path": sae_ref.path, "sha256": sae_ref.sha256, "hook": point.name,
+                                        "d_sae": sae.d_sae, "k": getattr(sae, "k", None)},
+        "config": asdict(config), "judge": config.judge,
+        "responses": {"harmful_prompts": len(rank_harmful), "natural_refusals": n_nat_ref,
+                      "natural_compliances": n_nat_comp, "fixed_replies": 2 * len(rank_harmful)},
+        "baseline": {"harmful_refusal": base_h, "harmless_refusal": base_s,
+                     "examples": [{"prompt": p, "response": t} for p, t in
+                                  zip(causal_prompts[:2] + causal_prompts[-2:], base_texts[:2] + base_texts[-2:])]},
+        "features": features, "detectors": detectors,
+        "specs": {"clamp": "clamp.yaml", "conditional": "conditional.yaml"},
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(out / "features.json", result)
+    write_text(out / "index.html", render_features_page(result))
+    return result
+
+
+def judge_stopper(judge: Any, prompts: list[str]):
+    """`should_stop` for generate(): end a row once the judge's verdict cannot change."""
+    decided = getattr(judge, "decided", None)
+    if decided is None:
+        return None
+    return lambda row, text: decided(prompts[row], text) is not None
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _top_contexts(lm: ChatModel, sae: Any, layer: int, features: list[int], conversations: list,
+                  r_max: torch.Tensor, kept: list[tuple[list[int], torch.Tensor]], n: int,
+                  batch_size: int) -> dict[int, list[dict]]:
+    """For each latent, the responses where it peaks, with per-token activations to highlight."""
+    out: dict[int, list[dict]] = {}
+    idx = torch.tensor(features)
+    model = base_model(lm.model)
+    for f in features:
+        best = r_max[:, f].argsort(descending=True)[:n].tolist()
+        out[f] = []
+        for i in best:
+            if r_max[i, f] <= 0:
+                continue
+            tokens, mask = kept[i]
+            ids = torch.tensor([tokens], device=lm.device)
+            with torch.inference_mode(), capture(model, [layer]) as acts:
+                run_until_stopped(lambda: model(input_ids=ids, use_cache=False))
+            z = sae.feature_acts(acts[layer][0].to(sae.W_dec.dtype), idx.to(lm.device))
+            col = features.index(f)
+            start = max(0, int(mask.nonzero()[0]) - 12) if mask.any() else 0
+            toks = [lm.tokenizer.decode([t]) for t in tokens[start:]]
+            out[f].append({"tokens": toks, "acts": [round(float(v), 3) for v in z[start:, col]],
+                           "max": float(r_max[i, f])})
+    return out
+
+
+def render_features_page(result: dict[str, Any]) -> str:
+    feats = result["features"]
+    rows = [[f["rank"], H.Raw(f"<a href='#f{f['feature']}'>{f['feature']}</a>"), f["causal_score"],
+             f["best_value"], f["best_harmful_gain"], f["refusal_auroc"], f["refusal_mean_diff"],
+             f["refusal_freq_diff"], f["prompt_auroc"]] for f in feats]
+    body = [f"<h1>Refusal features — {H.esc(result['model']['name'])}, {H.esc(result['sae']['hook'])}</h1>",
+            f"<p class='muted'>SAE {H.esc(result['sae']['path'])} ({result['sae']['d_sae']} latents). "
+            f"The model refused {result['responses']['natural_refusals']} of {result['responses']['harmful_prompts']} "
+            f"harmful prompts on its own. Baseline refusal on held-out prompts: harmful "
+            f"{result['baseline']['harmful_refusal']:.0%}, harmless {result['baseline']['harmless_refusal']:.0%}. "
+            f"Took {result['seconds']:.0f} s.</p>",
+            "<h2>Ranking (causal check)</h2>",
+            H.table(["rank", "feature", "causal score", "clamp", "harmful gain", "refusal AUROC",
+                     "mean diff", "freq diff", "prompt AUROC"], rows),
+            "<p class='muted'>causal score = refusal gained on harmful minus refusal gained on harmless held-out "
+            "prompts, at the best clamp value tried.</p>",
+            "<h2>Detector candidates (harmful vs harmless prompts)</h2>",
+            H.table(["feature", "prompt AUROC", "mean diff"],
+                    [[d["feature"], d["prompt_auroc"], d["prompt_mean_diff"]] for d in result["detectors"]])]
+    for f in feats:
+        causal = H.table(["clamp", "harmful refusal", "harmless refusal", "score"],
+                         [[c["value"], c["harmful_refusal"], c["harmless_refusal"], c["score"]] for c in f["causal"]])
+        ctx = "".join(f"<div class='ctx'>{H.highlight(c['tokens'], c['acts'])}</div>" for c in f["contexts"])
+        examples = "".join(f"<div class='ctx'><b>{H.esc(e['prompt'])}</b>\n{H.esc(e['response'])}</div>"
+                           for e in max(f["causal"], key=lambda c: c["score"])["examples"])
+        body.append(f"<div class='card' id='f{f['feature']}'><h3>Feature {f['feature']}</h3>"
+                    f"<p>promotes: <code>{H.esc(' | '.join(f['promoted_tokens']))}</code><br>"
+                    f"suppresses: <code>{H.esc(' | '.join(f['suppressed_tokens']))}</code></p>"
+                    f"{causal}<h4>Top activating responses</h4>{ctx}"
+                    f"<h4>Steered examples (best clamp)</h4>{examples}</div>")
+    return H.page("saesteer: refusal features", "".join(body))

@@ -1,0 +1,189 @@
+"""Refusal and over-refusal of a (steered) model on labelled prompt sets.
+
+Writes `responses.jsonl` (one row per prompt: response, judgement, steering spec hash) and
+`summary.json` (refusal rate on unsafe prompts, over-refusal on safe prompts, per dataset and
+category, with 95% Wilson intervals). A rerun skips finished rows; under `torchrun` each rank
+takes every world-th prompt and rank 0 merges the shards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from saesteer.data import Record, load_records
+from saesteer.errors import SaesteerError
+from saesteer.evaluate.distributed import Shard, barrier, current_shard
+from saesteer.evaluate.stats import rate
+from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.generate import GenerationConfig, generate
+from saesteer.models import ChatModel
+from saesteer.steer import Steering, SteeringSpec
+
+
+@dataclass
+class RefusalEvalConfig:
+    datasets: str = "bundled"
+    """Comma-separated dataset names (records need a safe/unsafe label)."""
+    limit: int | None = None
+    """At most this many prompts per dataset (a seeded sample)."""
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    early_stop: bool = True
+    """Stop a row as soon as the judge's verdict can no longer change."""
+    judge: str = "auto"
+    system: str | None = None
+    seed: int = 0
+    chunk: int = 64
+    """Prompts generated and written per step (the unit of resumption)."""
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a rerun to resume into the same folder."""
+        d = asdict(self)
+        d.pop("batch_size")
+        d.pop("chunk")
+        return d
+
+
+def _rows_path(out: Path, shard: Shard) -> Path:
+    return out / ("responses.jsonl" if shard.world == 1 else f"responses.rank{shard.rank}.jsonl")
+
+
+def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
+                     spec: SteeringSpec | str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
+    from saesteer.evaluate.judge import get_judge
+
+    out = ensure_dir(out)
+    shard = current_shard()
+    steering = Steering(lm, spec) if spec is not None else None   # checks before any generation
+    spec_hash = steering.hash if steering else None
+    judge = get_judge(config.judge)
+    records = [r for r in load_records(config.datasets, limit=config.limit, seed=config.seed)]
+    if not records:
+        raise SaesteerError(f"no prompts in {config.datasets}")
+    run_info = {"model": lm.describe(), "spec_hash": spec_hash,
+                "spec": steering.spec.to_dict() if steering else None, "settings": config.settings()}
+    run_path = out / "run.json"
+    if run_path.exists():
+        previous = read_json(run_path)
+        for key in ("spec_hash", "settings"):
+            if previous.get(key) != run_info[key]:
+                raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
+                                    "use a new --out or delete the folder")
+        if previous.get("model", {}).get("model_id") != lm.model_id:
+            raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
+    elif shard.is_main:
+        write_json(run_path, run_info)
+    mine = shard.take(records)
+    path = _rows_path(out, shard)
+    done = {row["id"] for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
+    todo = [r for r in mine if r.id not in done]
+    gen_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                               system=config.system, seed=config.seed)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="prompt", disable=not progress,
+               desc=f"eval refusal{' rank ' + str(shard.rank) if shard.world > 1 else ''}")
+    started = time.time()
+    with JsonlAppender(path) as writer:
+        for start in range(0, len(todo), config.chunk):
+            chunk = todo[start:start + config.chunk]
+            rows = _run_chunk(lm, chunk, gen_cfg, judge, steering, config.early_stop)
+            for record, row in zip(chunk, rows):
+                writer.write({**row, "spec_hash": spec_hash})
+            bar.update(len(chunk))
+    bar.close()
+    barrier(shard)
+    if not shard.is_main:
+        return {}
+    rows = _merge(out, shard, records)
+    summary = summarise(rows, records)
+    summary.update({"model": lm.describe(), "spec_hash": spec_hash, "judge": config.judge,
+                    "generation": asdict(gen_cfg), "datasets": config.datasets, "limit": config.limit,
+                    "seconds_this_run": round(time.time() - started, 1)})
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, judge: Any,
+               steering: Steering | None, early_stop: bool) -> list[dict[str, Any]]:
+    from saesteer.discover import judge_stopper
+
+    prompts = [r.prompt for r in chunk]
+    texts = [r.text for r in chunk]
+    stop = judge_stopper(judge, texts) if early_stop else None
+    if steering is not None:
+        with steering.active():
+            gens = generate(lm, prompts, gen_cfg, should_stop=stop)
+        decisions = steering.gate.decisions if steering.gate is not None else None
+    else:
+        gens = generate(lm, prompts, gen_cfg, should_stop=stop)
+        decisions = None
+    verdicts = judge.judge(texts, [g.text for g in gens])
+    rows = []
+    for i, (r, g, v) in enumerate(zip(chunk, gens, verdicts)):
+        row = {"id": r.id, "dataset": r.source, "label": r.label, "category": r.category,
+               "prompt": r.prompt, "response": g.text, "refusal": bool(v.refusal),
+               "partial": bool(getattr(v, "partial", False)), "judge": getattr(v, "tier", None),
+               "finish_reason": g.finish_reason, "new_tokens": g.n_new_tokens}
+        if decisions is not None:
+            row["steered"] = decisions.get(i, False)
+        rows.append(row)
+    return rows
+
+
+def _merge(out: Path, shard: Shard, records: list[Record]) -> list[dict[str, Any]]:
+    """All rows in dataset order (from the rank files under torchrun)."""
+    if shard.world == 1:
+        rows = read_jsonl(out / "responses.jsonl")
+    else:
+        rows = []
+        for rank in range(shard.world):
+            rows += read_jsonl(out / f"responses.rank{rank}.jsonl", tolerate_torn_tail=True)
+    by_id = {row["id"]: row for row in rows}
+    ordered = [by_id[r.id] for r in records if r.id in by_id]
+    if shard.world > 1:
+        from saesteer.files import atomic_path
+        import json
+
+        with atomic_path(out / "responses.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ordered), encoding="utf-8")
+    return ordered
+
+
+def summarise(rows: list[dict[str, Any]], records: list[Record] | None = None) -> dict[str, Any]:
+    """Refusal on unsafe, over-refusal on safe: overall, per dataset and per category."""
+    groups: dict[tuple[str, str, str | None], list[dict]] = defaultdict(list)
+    for row in rows:
+        if row.get("label") not in ("safe", "unsafe"):
+            continue
+        groups[("all", row["label"], None)].append(row)
+        groups[(row["dataset"], row["label"], None)].append(row)
+        if row.get("category"):
+            groups[(row["dataset"], row["label"], row["category"])].append(row)
+
+    def stats(items: list[dict]) -> dict[str, Any]:
+        k = sum(r["refusal"] for r in items)
+        out = rate(k, len(items))
+        out["partial"] = sum(r.get("partial", False) for r in items)
+        if any("steered" in r for r in items):
+            out["steered"] = sum(bool(r.get("steered")) for r in items)
+        return out
+
+    summary: dict[str, Any] = {"n_rows": len(rows), "unsafe_refusal": None, "safe_over_refusal": None,
+                               "datasets": {}, "categories": {}}
+    for (dataset, label, category), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
+        s = stats(items)
+        key = "unsafe_refusal" if label == "unsafe" else "safe_over_refusal"
+        if dataset == "all":
+            summary[key] = s
+        elif category is None:
+            summary["datasets"].setdefault(dataset, {})[key] = s
+        else:
+            summary["categories"].setdefault(dataset, {}).setdefault(key, {})[category] = s
+    if records is not None:
+        summary["complete"] = len(rows) == len(records)
+    return summary
