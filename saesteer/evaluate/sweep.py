@@ -1,0 +1,195 @@
+"""A grid of steering methods and strengths, each evaluated for refusal, over-refusal and
+capability, gathered into one tidy results table.
+
+Methods: `none`; `sae_clamp` (the paper: a discovered latent clamped on every token);
+`conditional_sae_clamp` (the same, only on prompts a detector flags); `refusal_direction`
+(Arditi et al.'s difference of means, added); `caa` (contrastive activation addition from
+refusal vs compliance replies). Each grid point is a steering spec written under
+`specs/`; its evaluations live under `runs/<name>/` and resume; `results.jsonl` /
+`results.csv` are rebuilt from the finished runs every time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saesteer.data import load_records
+from saesteer.errors import SaesteerError
+from saesteer.files import ensure_dir, read_json, write_json, write_text
+from saesteer.models import ChatModel
+from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+from saesteer.steer.directions import caa_direction, diff_of_means, save_vectors
+
+METHODS = ("none", "sae_clamp", "conditional_sae_clamp", "refusal_direction", "caa")
+
+
+@dataclass
+class SweepConfig:
+    discovery: str | None = None
+    """A `saesteer discover` folder: supplies the SAE, the best latent(s) and the detector."""
+    methods: tuple[str, ...] = METHODS
+    features: tuple[int, ...] = ()
+    """Latents to clamp (default: the best one of the discovery)."""
+    clamp_values: tuple[float, ...] = ()
+    """Clamp values (default: 0.5, 1 and 1.5 x the discovery's best value)."""
+    direction_layer: int | None = None
+    """Layer of the dense baselines (default: the SAE's layer)."""
+    direction_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
+    """Multiples of each dense direction that are added."""
+    direction_prompts: int = 64
+    """Harmful and harmless prompts each for building the dense directions."""
+    harmful_train: str = "bundled:harmful"
+    harmless_train: str = "bundled:harmless"
+    refusal_datasets: str = "bundled"
+    refusal_limit: int | None = None
+    max_new_tokens: int = 128
+    capability_tasks: str = "mmlu_ll,truthfulqa_mc2"
+    capability_limit: int | None = 100
+    batch_size: int = 16
+    judge: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise SaesteerError(f"unknown sweep method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
+
+
+@dataclass
+class GridPoint:
+    name: str
+    method: str
+    strength: float | None = None
+    feature: int | None = None
+    layer: int | None = None
+    spec: SteeringSpec | None = field(default=None, repr=False)
+
+
+def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]:
+    """Write one steering spec per grid point (dense directions are computed once and saved)."""
+    grid: list[GridPoint] = []
+    specs = ensure_dir(out / "specs")
+    discovery = read_json(Path(config.discovery) / "features.json") if config.discovery else None
+    needs_sae = {"sae_clamp", "conditional_sae_clamp"} & set(config.methods)
+    if needs_sae and discovery is None:
+        raise SaesteerError("SAE methods need --discovery DIR (the output of saesteer discover)")
+    if "none" in config.methods:
+        grid.append(GridPoint("none", "none"))
+    model = {"id": lm.model_id, "revision": lm.revision}
+    if discovery is not None:
+        sae_ref = FileRef(discovery["sae"]["path"], discovery["sae"].get("sha256"))
+        hook = discovery["sae"]["hook"]
+        best = discovery["features"][0]
+        features = config.features or (best["feature"],)
+        values = config.clamp_values or tuple(round(best["best_value"] * m, 3) for m in (0.5, 1.0, 1.5))
+        conditional = SteeringSpec.load(Path(config.discovery) / "conditional.yaml")
+        for f in features:
+            for v in values:
+                interventions = [InterventionSpec(hook=hook, sae=sae_ref, features=[FeatureEdit(f, "clamp", v)])]
+                if "sae_clamp" in config.methods:
+                    spec = SteeringSpec(interventions=interventions, name=f"sae_clamp-{f}-{v:g}", model=model)
+                    grid.append(GridPoint(spec.name, "sae_clamp", v, f, None, spec))
+                if "conditional_sae_clamp" in config.methods:
+                    spec = SteeringSpec(interventions=interventions, condition=conditional.condition,
+                                        name=f"conditional_sae_clamp-{f}-{v:g}", model=model)
+                    grid.append(GridPoint(spec.name, "conditional_sae_clamp", v, f, None, spec))
+    dense = [m for m in ("refusal_direction", "caa") if m in config.methods]
+    if dense:
+        layer = config.direction_layer
+        if layer is None:
+            if discovery is None:
+                raise SaesteerError("dense baselines need --direction-layer (or --discovery to use the SAE's layer)")
+            from saesteer.hooks import hook_point
+
+            layer = hook_point(lm.model, discovery["sae"]["hook"]).layer
+        vectors_path = specs / "directions.safetensors"
+        if not vectors_path.exists():
+            harmful = [r.text for r in load_records(config.harmful_train, limit=config.direction_prompts, seed=config.seed)]
+            harmless = [r.text for r in load_records(config.harmless_train, limit=config.direction_prompts, seed=config.seed)]
+            vectors = {"refusal_direction": diff_of_means(lm, harmful, harmless, [layer])[layer],
+                       "caa": caa_direction(lm, harmful + harmless, [layer])[layer]}
+            save_vectors(vectors_path, vectors, {"layer": layer, "harmful": config.harmful_train,
+                                                 "harmless": config.harmless_train})
+        for method in dense:
+            for s in config.direction_strengths:
+                spec = SteeringSpec(interventions=[InterventionSpec(
+                    hook=f"{layer}", vector=FileRef(str(vectors_path.resolve()), key=method), op="add", value=s)],
+                    name=f"{method}-L{layer}-{s:g}", model=model)
+                grid.append(GridPoint(spec.name, method, s, None, layer, spec))
+    for point in grid:
+        if point.spec is not None:
+            point.spec.save(specs / f"{point.name}.yaml")
+    return grid
+
+
+def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:
+    from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
+
+    out = ensure_dir(out)
+    write_json(out / "sweep.json", {"config": asdict(config), "model": lm.describe()})
+    grid = build_grid(lm, out, config)
+    for i, point in enumerate(grid):
+        if progress:
+            print(f"[sweep] {i + 1}/{len(grid)} {point.name}", flush=True)
+        run_dir = out / "runs" / point.name
+        evaluate_refusal(lm, run_dir / "refusal",
+                         RefusalEvalConfig(datasets=config.refusal_datasets, limit=config.refusal_limit,
+                                           max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                           judge=config.judge, seed=config.seed),
+                         point.spec, progress=progress)
+        if config.capability_tasks:
+            _capability(lm, run_dir / "capability", config, point.spec, progress)
+        write_json(run_dir / "point.json", {"name": point.name, "method": point.method, "strength": point.strength,
+                                            "feature": point.feature, "layer": point.layer,
+                                            "spec_hash": point.spec.hash() if point.spec else None})
+    return collect(out)
+
+
+def _capability(lm: ChatModel, out: Path, config: SweepConfig, spec: SteeringSpec | None, progress: bool) -> None:
+    from saesteer.evaluate import capability
+
+    cfg = capability.CapabilityConfig(tasks=config.capability_tasks, limit=config.capability_limit, seed=config.seed,
+                                      batch_size=config.batch_size)
+    capability.evaluate_capability(lm, out, cfg, spec, progress=progress)
+
+
+def collect(out: str | Path) -> list[dict[str, Any]]:
+    """Rebuild the tidy table (one row per run x metric) from every finished run."""
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    for point_file in sorted((out / "runs").glob("*/point.json")):
+        point = read_json(point_file)
+        base = {k: point.get(k) for k in ("name", "method", "strength", "feature", "layer", "spec_hash")}
+        refusal = point_file.parent / "refusal" / "summary.json"
+        if refusal.exists():
+            s = read_json(refusal)
+            for key in ("unsafe_refusal", "safe_over_refusal"):
+                if s.get(key):
+                    rows.append({**base, "metric": key, "dataset": "all", **_value(s[key])})
+            for dataset, parts in s.get("datasets", {}).items():
+                for key, v in parts.items():
+                    rows.append({**base, "metric": key, "dataset": dataset, **_value(v)})
+        capability_file = point_file.parent / "capability" / "summary.json"
+        if capability_file.exists():
+            c = read_json(capability_file)
+            for task, v in (c.get("tasks") or {}).items():
+                rows.append({**base, "metric": task, "dataset": task, **_value(v)})
+    write_text(out / "results.jsonl", "".join(__import__("json").dumps(r) + "\n" for r in rows))
+    buf = io.StringIO()
+    fields = ["name", "method", "strength", "feature", "layer", "metric", "dataset", "value", "ci_low", "ci_high",
+              "n", "spec_hash"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "results.csv", buf.getvalue())
+    return rows
+
+
+def _value(stat: dict[str, Any]) -> dict[str, Any]:
+    value = stat.get("rate", stat.get("accuracy", stat.get("value")))
+    ci = stat.get("ci95") or [None, None]
+    return {"value": value, "ci_low": ci[0], "ci_high": ci[1], "n": stat.get("n")}

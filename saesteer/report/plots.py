@@ -1,0 +1,112 @@
+"""Matplotlib figures of a sweep's tidy results (PNG files)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SAFETY = ("unsafe_refusal", "safe_over_refusal")
+LABELS = {"unsafe_refusal": "refusal on unsafe prompts ↑", "safe_over_refusal": "over-refusal on safe prompts ↓",
+          "capability": "capability (mean accuracy) ↑"}
+METHOD_STYLE = {"none": ("k", "o"), "sae_clamp": ("tab:red", "o"), "conditional_sae_clamp": ("tab:purple", "s"),
+                "refusal_direction": ("tab:blue", "^"), "caa": ("tab:green", "D")}
+
+
+def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{run name: {method, strength, metric → (value, lo, hi)}} from the tidy rows (dataset 'all')."""
+    runs: dict[str, dict[str, Any]] = {}
+    caps: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        run = runs.setdefault(r["name"], {"method": r["method"], "strength": r["strength"], "feature": r["feature"]})
+        if r["metric"] in SAFETY and r["dataset"] == "all":
+            run[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
+        elif r["metric"] not in SAFETY and r["value"] is not None:
+            run[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
+            caps[r["name"]].append(r["value"])
+    for name, values in caps.items():
+        runs[name]["capability"] = (sum(values) / len(values), None, None)
+    return runs
+
+
+def strength_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    runs = by_run(rows)
+    methods = [m for m in METHOD_STYLE if m != "none" and any(r["method"] == m for r in runs.values())]
+    metrics = [m for m in ("unsafe_refusal", "safe_over_refusal", "capability") if any(m in r for r in runs.values())]
+    baseline = next((r for r in runs.values() if r["method"] == "none"), None)
+    fig, axes = plt.subplots(len(metrics), max(1, len(methods)), figsize=(3.4 * max(1, len(methods)), 2.6 * len(metrics)),
+                             squeeze=False)
+    for j, method in enumerate(methods):
+        points = sorted((r for r in runs.values() if r["method"] == method), key=lambda r: r["strength"] or 0)
+        color, marker = METHOD_STYLE[method]
+        for i, metric in enumerate(metrics):
+            ax = axes[i][j]
+            pts = [(p["strength"], *p[metric]) for p in points if metric in p]
+            if pts:
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                err = [[max(0, p[1] - p[2]) if p[2] is not None else 0 for p in pts],
+                       [max(0, p[3] - p[1]) if p[3] is not None else 0 for p in pts]]
+                ax.errorbar(xs, ys, yerr=err, color=color, marker=marker, capsize=3)
+            if baseline and metric in baseline:
+                ax.axhline(baseline[metric][0], color="k", ls="--", lw=1, label="no steering")
+            if i == 0:
+                ax.set_title(method.replace("_", " "))
+            if j == 0:
+                ax.set_ylabel(LABELS[metric], fontsize=8)
+            if i == len(metrics) - 1:
+                ax.set_xlabel("clamp value" if "sae" in method else "strength (x direction)")
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated points for (low over-refusal x, high unsafe refusal y), sorted by x."""
+    front = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    runs = by_run(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    pts = []
+    caps = [r["capability"][0] for r in runs.values() if "capability" in r]
+    for name, r in runs.items():
+        if "unsafe_refusal" not in r or "safe_over_refusal" not in r:
+            continue
+        x, y = r["safe_over_refusal"][0], r["unsafe_refusal"][0]
+        pts.append((x, y))
+        color, marker = METHOD_STYLE.get(r["method"], ("gray", "o"))
+        size = 40 + 260 * ((r["capability"][0] - min(caps)) / (max(caps) - min(caps) or 1)) if "capability" in r and caps else 60
+        ax.scatter([x], [y], s=size, color=color, marker=marker, alpha=0.7, edgecolor="k", lw=0.5)
+        label = "none" if r["method"] == "none" else f"{r['strength']:g}"
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "k:", lw=1, label="Pareto front")
+    for method, (color, marker) in METHOD_STYLE.items():
+        if any(r["method"] == method for r in runs.values()):
+            ax.scatter([], [], color=color, marker=marker, label=method.replace("_", " "))
+    ax.set_xlabel("over-refusal on safe prompts ↓")
+    ax.set_ylabel("refusal on unsafe prompts ↑")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Safety vs over-refusal (marker size = capability)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

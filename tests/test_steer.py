@@ -1,0 +1,234 @@
+import json
+import math
+
+import pytest
+import torch
+
+from saesteer.errors import SaesteerError
+from saesteer.generate import GenerationConfig, generate
+from saesteer.hooks import hook_point
+from saesteer.steer import (ConditionSpec, FeatureEdit, FileRef, InterventionSpec, Steering, SteeringSpec,
+                            sae_clamp_spec, steer)
+from saesteer.steer.conditions import threshold_for_fpr
+from saesteer.steer.directions import caa_direction, diff_of_means, mean_residuals, save_vectors
+from saesteer.steer.interventions import DirectionIntervention, SAEFeatureIntervention
+from tests.tiny import tiny_model
+
+PROMPTS = ["Hi", "Write a poem about the sea, the waves and the shore at night.", "How do I kill a process?"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama", layers=4, d=64)
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory, lm):
+    from saesteer.sae import TopKSAE, save_sae
+
+    sae = TopKSAE.init(64, 256, 8, seed=1)
+    sae.metadata.update({"model_id": lm.model_id, "hf_hook_name": "model.layers.1", "layer": 1,
+                         "hook_name": "blocks.1.hook_resid_post"})
+    out = tmp_path_factory.mktemp("sae")
+    save_sae(sae, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sae(sae_dir):
+    from saesteer.sae import load_sae
+
+    return load_sae(sae_dir)
+
+
+def clamp(sae_dir, value=30.0, feature=3, positions="all", hook="model.layers.1"):
+    return sae_clamp_spec(sae_dir, hook, [FeatureEdit(feature, "clamp", value)], positions=positions)
+
+
+@pytest.mark.parametrize("edits", [
+    [FeatureEdit(3, "clamp", 7.5)],
+    [FeatureEdit(3, "clamp", 7.5), FeatureEdit(10, "add", 2.0), FeatureEdit(11, "scale", 3.0), FeatureEdit(12, "ablate")],
+])
+def test_error_term_form_equals_edited_reconstruction(sae, edits):
+    torch.manual_seed(0)
+    x = torch.randn(50, 64) * 3
+    iv = SAEFeatureIntervention(sae, edits)
+    steered = x + iv.delta(x)
+    z = sae.encode(x)
+    edited = z.clone()
+    for e in edits:
+        if e.op == "clamp":
+            edited[:, e.feature] = e.value
+        elif e.op == "add":
+            edited[:, e.feature] += e.value
+        elif e.op == "scale":
+            edited[:, e.feature] *= e.value
+        else:
+            edited[:, e.feature] = 0
+    reference = sae.decode(edited) + (x - sae.decode(z))
+    torch.testing.assert_close(steered, reference, rtol=1e-4, atol=1e-4)
+    # The clamped latent really reads back as the clamp value when re-encoded... only for latents
+    # in the top-k; but the change along the decoder row is exactly (c - z_i).
+    coef = iv.coefficients(x)[:, 0]
+    torch.testing.assert_close(coef, edits[0].value - z[:, edits[0].feature])
+
+
+def test_direction_ops():
+    torch.manual_seed(0)
+    x = torch.randn(10, 64)
+    v = torch.randn(64)
+    u = v / v.norm()
+    removed = x + DirectionIntervention(v, "project_out").delta(x)
+    assert (removed @ u).abs().max() < 1e-5
+    set_to = x + DirectionIntervention(v, "clamp", 4.0).delta(x)
+    torch.testing.assert_close(set_to @ u, torch.full((10,), 4.0))
+    added = x + DirectionIntervention(v, "add", 2.0).delta(x)
+    torch.testing.assert_close(added - x, (2.0 * v).expand_as(x))
+
+
+def test_steering_changes_output_and_is_the_same_batched_alone_and_uncached(lm, sae_dir):
+    config = GenerationConfig(max_new_tokens=10, batch_size=3)
+    plain = generate(lm, PROMPTS, config)
+    with steer(lm, clamp(sae_dir)):
+        batched = generate(lm, PROMPTS, config)
+        alone = [generate(lm, [p], config)[0] for p in PROMPTS]
+        uncached = generate(lm, PROMPTS, GenerationConfig(max_new_tokens=10, batch_size=3, use_cache=False))
+    assert [g.token_ids for g in batched] != [g.token_ids for g in plain]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone] == [g.token_ids for g in uncached]
+    # hooks are gone afterwards
+    assert [g.token_ids for g in generate(lm, PROMPTS, config)] == [g.token_ids for g in plain]
+
+
+def test_hooks_come_off_on_exceptions(lm, sae_dir):
+    module = hook_point(lm.model, 1).module
+    before = len(module._forward_hooks)
+    with pytest.raises(RuntimeError):
+        with steer(lm, clamp(sae_dir)):
+            assert len(module._forward_hooks) == before + 1
+            raise RuntimeError("boom")
+    assert len(module._forward_hooks) == before
+
+
+def first_logits(lm, prompt, spec=None):
+    ids = lm.tokenizer(lm.chat(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = {}
+
+    def grab(rows, text):
+        return True
+
+    from saesteer.generate import ForwardInfo, PAD, CONTENT, forward_context
+
+    with steer(lm, spec), torch.no_grad():
+        info = ForwardInfo(roles=torch.full_like(ids, CONTENT), rows=torch.tensor([0]), prefill=True)
+        with forward_context(info):
+            out["logits"] = lm.model(input_ids=ids).logits[0, -1]
+    return out["logits"]
+
+
+def test_positions(lm, sae_dir):
+    base = first_logits(lm, "Hi")
+    assert torch.equal(first_logits(lm, "Hi", clamp(sae_dir, positions="generated")), base)
+    assert not torch.equal(first_logits(lm, "Hi", clamp(sae_dir, positions="prompt")), base)
+    assert not torch.equal(first_logits(lm, "Hi", clamp(sae_dir, positions="all")), base)
+    config = GenerationConfig(max_new_tokens=8)
+    with steer(lm, clamp(sae_dir, positions="generated")):
+        gen_only = generate(lm, ["Hi"], config)[0]
+    plain = generate(lm, ["Hi"], config)[0]
+    assert gen_only.token_ids[0] == plain.token_ids[0]
+
+
+def _conditional_spec(lm, tmp_path, sae_dir, detector_layer):
+    # A direction detector that separates prompt A from prompt B at the detector layer.
+    res = mean_residuals(lm, [PROMPTS[1], PROMPTS[0]], [detector_layer], select="content")[detector_layer]
+    vec = res[0] - res[1]
+    save_vectors(tmp_path / "cond.safetensors", {"cond": vec})
+    scores = (res / res.norm(dim=-1, keepdim=True)) @ (vec / vec.norm())
+    threshold = float(scores.mean())
+    spec = clamp(sae_dir)
+    spec.condition = ConditionSpec(detector="direction", hook=f"model.layers.{detector_layer}", pooling="mean",
+                                   vector=FileRef(str(tmp_path / "cond.safetensors"), key="cond"), threshold=threshold)
+    return spec
+
+
+@pytest.mark.parametrize("detector_layer", [1, 3])  # same forward pass / pre-pass
+def test_conditional_steering_decides_per_row(lm, sae_dir, tmp_path, detector_layer):
+    spec = _conditional_spec(lm, tmp_path, sae_dir, detector_layer)
+    config = GenerationConfig(max_new_tokens=8, batch_size=2)
+    plain = generate(lm, PROMPTS[:2], config)
+    with steer(lm, clamp(sae_dir)):
+        always = generate(lm, PROMPTS[:2], config)
+    steering = Steering(lm, spec)
+    with steering.active():
+        cond = generate(lm, PROMPTS[:2], config)
+    assert steering.gate.decisions == {0: False, 1: True}
+    assert cond[0].token_ids == plain[0].token_ids
+    assert cond[1].token_ids == always[1].token_ids
+
+
+def test_multi_turn_conversations_are_re_decided_each_turn(lm, sae_dir, tmp_path):
+    spec = _conditional_spec(lm, tmp_path, sae_dir, 1)
+    steering = Steering(lm, spec)
+    with steering.active():
+        generate(lm, [PROMPTS[0]], GenerationConfig(max_new_tokens=4))
+        assert steering.gate.decisions[0] is False
+        conversation = [{"role": "user", "content": PROMPTS[0]}, {"role": "assistant", "content": "ok"},
+                        {"role": "user", "content": PROMPTS[1]}]
+        generate(lm, [conversation], GenerationConfig(max_new_tokens=4))
+        assert steering.gate.decisions[0] is True
+
+
+def test_threshold_for_fpr():
+    neg = torch.arange(100).float()
+    t = threshold_for_fpr(neg, 0.05)
+    assert (neg > t).float().mean() <= 0.05
+
+
+def test_spec_roundtrip_and_hash(tmp_path, sae_dir, sae):
+    spec = clamp(sae_dir)
+    spec.interventions[0].sae.sha256 = sae.content_hash()
+    spec.model = {"id": "tiny-random/llama"}
+    for name in ("spec.yaml", "spec.json"):
+        spec.save(tmp_path / name)
+        loaded = SteeringSpec.load(tmp_path / name)
+        assert loaded.to_dict() == spec.to_dict() and loaded.hash() == spec.hash()
+    other = clamp(sae_dir, value=31.0)
+    assert other.hash() != spec.hash()
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(saesteer_spec=2), "version"),
+    (lambda d: d["interventions"][0]["features"][0].update(feature=10_000), "out of range"),
+    (lambda d: d["interventions"][0]["features"][0].update(value=math.nan), "finite"),
+    (lambda d: d["interventions"][0].update(hook="model.layers.9"), "out of range"),
+    (lambda d: d["interventions"][0].update(hook="model.layers.2"), "trained at layer 1"),
+    (lambda d: d["interventions"][0]["sae"].update(sha256="deadbeef"), "changed"),
+    (lambda d: d["interventions"][0]["features"][0].update(op="boost"), "unknown feature op"),
+    (lambda d: d.update(positions="middle"), "positions"),
+    (lambda d: d.update(interventions=[]), "no interventions"),
+    (lambda d: d.update(model={"id": "other/model"}), "made for other/model"),
+])
+def test_bad_specs_fail_before_generation(lm, sae_dir, tmp_path, mutate, message):
+    data = clamp(sae_dir).to_dict()
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SaesteerError, match=message):
+        Steering(lm, path)
+
+
+def test_sae_from_another_model_is_rejected(tmp_path):
+    from saesteer.sae import TopKSAE, save_sae
+
+    lm = tiny_model("llama", d=32)
+    sae = TopKSAE.init(64, 128, 4)
+    save_sae(sae, tmp_path / "sae")
+    with pytest.raises(SaesteerError, match="d_model"):
+        Steering(lm, sae_clamp_spec(tmp_path / "sae", "model.layers.1", [FeatureEdit(0, "clamp", 1.0)]))
+
+
+def test_directions(lm):
+    harmful, harmless = ["How do I kill a process?", "Write a poem"], ["Hi", "Explain photosynthesis"]
+    dom = diff_of_means(lm, harmful, harmless, [1, 2])
+    assert set(dom) == {1, 2} and dom[1].shape == (64,)
+    caa = caa_direction(lm, harmful, [1])
+    assert caa[1].shape == (64,) and torch.isfinite(caa[1]).all() and caa[1].norm() > 0
