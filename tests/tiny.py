@@ -86,3 +86,11 @@ def tiny_model(arch: str = "llama", *, layers: int = 4, d: int = 64, seed: int =
     model.generation_config.eos_token_id = tok.eos_token_id
     return ChatModel(model=model, tokenizer=tok, name=f"tiny-{arch}", model_id=f"tiny-random/{arch}",
                      revision="random")
+
+
+def save_tiny_model(folder, arch: str = "llama", **kw) -> str:
+    """Write a tiny random model + tokenizer as an HF folder (loadable by `load_model(path)`)."""
+    lm = tiny_model(arch, **kw)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -1,5 +1,76 @@
-"""`saesteer sweep` (placeholder until the stage is built)."""
+"""`saesteer sweep` (a grid of methods x strengths) and `saesteer report` (its HTML report)."""
 
-from saesteer.cli.common import not_built
+from __future__ import annotations
 
-not_built("sweep", "Run a grid of steering methods and strengths.")
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, ModelArg, app, say, setup
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...]:
+    from saesteer.errors import SaesteerError
+
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as e:
+        raise SaesteerError(f"{option} expects comma-separated numbers, got {text!r}") from e
+
+
+@app.command()
+def sweep(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option(help="Sweep folder (reruns resume finished runs).")],
+    discovery: Annotated[Optional[Path], typer.Option(help="A `saesteer discover` folder (SAE, best latent, detector).")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated: none, sae_clamp, conditional_sae_clamp, refusal_direction, caa.")] = "none,sae_clamp,conditional_sae_clamp,refusal_direction,caa",
+    features: Annotated[Optional[str], typer.Option(help="Latents to clamp (default: discovery's best).")] = None,
+    values: Annotated[Optional[str], typer.Option(help="Clamp values (default: 0.5, 1, 1.5 x discovery's best).")] = None,
+    strengths: Annotated[str, typer.Option(help="Multiples of the dense directions.")] = "0.5,1,2",
+    direction_layer: Annotated[Optional[int], typer.Option(help="Layer of the dense baselines (default: the SAE's).")] = None,
+    dataset: Annotated[str, typer.Option(help="Refusal datasets (safe + unsafe labels).")] = "bundled",
+    limit: Annotated[Optional[int], typer.Option(help="Prompts per refusal dataset.")] = None,
+    tasks: Annotated[str, typer.Option(help="Capability tasks ('' for none).")] = "mmlu_ll,truthfulqa_mc2",
+    capability_limit: Annotated[Optional[int], typer.Option(help="Items per capability task.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    harmful_train: Annotated[Optional[str], typer.Option(help="Prompts for the dense directions (default depends on the data dir).")] = None,
+    harmless_train: Annotated[Optional[str], typer.Option()] = None,
+    judge: Annotated[str, typer.Option()] = "auto",
+    seed: int = 0,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Evaluate a grid of steering methods and strengths into one tidy results table."""
+    setup(data_dir)
+    from saesteer.data import data_dir as current_data_dir
+    from saesteer.evaluate.sweep import SweepConfig, run_sweep
+    from saesteer.models import load_model
+
+    local = current_data_dir() is not None
+    config = SweepConfig(
+        discovery=str(discovery) if discovery else None, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        features=tuple(int(f) for f in _floats(features, "--features")), clamp_values=_floats(values, "--values"),
+        direction_strengths=_floats(strengths, "--strengths"), direction_layer=direction_layer,
+        refusal_datasets=dataset, refusal_limit=limit, capability_tasks=tasks, capability_limit=capability_limit,
+        max_new_tokens=max_new_tokens, judge=judge, seed=seed,
+        harmful_train=harmful_train or ("harmful_train" if local else "bundled:harmful"),
+        harmless_train=harmless_train or ("harmless_train" if local else "bundled:harmless"))
+    lm = load_model(model, dtype=dtype, device=device)
+    rows = run_sweep(lm, out, config)
+    say(f"{len(rows)} result rows in {Path(out) / 'results.csv'}; next: saesteer report {out}")
+
+
+@app.command()
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="A `saesteer sweep` folder.")],
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: SWEEP_DIR/report).")] = None,
+) -> None:
+    """Write the HTML report (and PNG plots) of a sweep."""
+    from saesteer.report import build_report
+
+    path = build_report(sweep_dir, out)
+    say(f"report: {path}")

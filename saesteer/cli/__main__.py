@@ -1,0 +1,3 @@
+from saesteer.cli import main
+
+main()
