@@ -150,10 +150,14 @@ def harvest(lm: ChatModel, out: str | Path, config: HarvestConfig, *, progress: 
         seed=config.seed, dropped=["first token of each context (attention sink)"])
     if (out / MANIFEST).exists():
         old = Manifest.load(out)
-        for key in ("model_id", "revision", "hooks", "dtype", "context_length", "dataset", "seed"):
+        for key in ("model_id", "revision", "dtype", "context_length", "dataset", "seed"):
             if getattr(old, key) != getattr(manifest, key):
                 raise SaesteerError(f"{out} holds a harvest with a different {key} "
                                     f"({getattr(old, key)!r} vs {getattr(manifest, key)!r}); use a new --out")
+        # Resuming may drop layers (e.g. keep only the layer chosen after a comparison), never add one.
+        if not set(manifest.hooks) <= set(old.hooks):
+            raise SaesteerError(f"{out} holds hooks {old.hooks}; a resumed run can only keep a subset of them, "
+                                "so use a new --out for other layers")
         manifest.shards = old.shards
         if old.complete and old.n_tokens >= config.max_tokens:
             return old
