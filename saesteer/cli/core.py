@@ -14,7 +14,7 @@ def harvest(
     model: ModelArg,
     out: Annotated[Path, typer.Option(help="Output folder (resumed if it holds a partial run).")],
     layer: Annotated[list[str], typer.Option(help="Layer index or module path; repeat for several layers in one pass.")],
-    dataset: Annotated[str, typer.Option(help="corpus, corpus:<source>, any dataset name, or a file.")] = "corpus",
+    dataset: Annotated[str, typer.Option(help="corpus (needs a data dir), offline, corpus:<source>, any dataset name, or a file.")] = "corpus",
     max_tokens: Annotated[int, typer.Option(help="Tokens to keep per layer.")] = 1_000_000,
     context_length: Annotated[int, typer.Option()] = 512,
     batch_size: Annotated[int, typer.Option(help="Contexts per forward pass.")] = 8,
@@ -31,10 +31,16 @@ def harvest(
     from saesteer.data.sources import data_dir as current_data_dir
     from saesteer.models import load_model
 
-    if current_data_dir() is None and dataset not in ("bundled",) and not dataset.startswith(("bundled:", "hf:")) \
-            and not Path(dataset).exists() and dataset.split(":")[0] in ("alpaca", "corpus"):
-        say(f"note: no data directory set (SAESTEER_DATA); harvesting the bundled prompt sets instead of {dataset}")
-        dataset = "bundled"
+    if current_data_dir() is None and dataset.split(":")[0] in ("alpaca", "corpus"):
+        from saesteer.data.corpus import corpus_documents
+        from saesteer.errors import SaesteerError
+
+        try:
+            corpus_documents(dataset)
+        except SaesteerError as e:
+            say(f"note: {dataset} is not available here ({e}); harvesting the offline corpus instead "
+                "(bundled prompt sets + Python's reference docs). Set SAESTEER_DATA for the real data.")
+            dataset = "offline"
     lm = load_model(model, dtype=model_dtype, device=device)
     layers: list[int | str] = [int(x) if x.lstrip("-").isdigit() else x for x in layer]
     manifest = run(lm, out, HarvestConfig(layers=layers, dataset=dataset, max_tokens=max_tokens,

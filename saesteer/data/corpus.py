@@ -182,15 +182,43 @@ CORPUS_SOURCES: dict[str, Callable[[Path], Iterator[Document]]] = {
 }
 
 
+def offline_documents() -> list[Document]:
+    """A corpus that needs neither network nor data directory (for the demo and tests).
+
+    The bundled prompt sets as one-turn chats and answered with fixed refusal and compliance
+    replies (so refusal text is in the SAE's training data, as the paper's chat data ensured),
+    plus general technical prose: the Python reference documentation that ships with every
+    Python (`pydoc_data.topics`).
+    """
+    from pydoc_data.topics import topics
+
+    from saesteer.data.registry import load_records
+    from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES
+
+    docs: list[Document] = []
+    for i, r in enumerate(load_records("bundled")):
+        docs.append(conversation(("user", r.text)))
+        compliance = COMPLIANCE_REPLIES[i % len(COMPLIANCE_REPLIES)]
+        docs.append(conversation(("user", r.text), ("assistant", compliance)))
+        if r.label == "unsafe":
+            for reply in REFUSAL_REPLIES:
+                docs.append(conversation(("user", r.text), ("assistant", reply)))
+    for name in sorted(topics):
+        docs += chunk_text(topics[name])
+    return docs
+
+
 def corpus_documents(spec: str, *, seed: int = 0) -> list[Document]:
     """Documents for harvesting, shuffled with `seed`.
 
     `corpus` is the whole chat + text mixture of the data directory, `corpus:a+b` some of its
-    sources; anything else is a registry dataset (`alpaca`, `bundled`, a file...) whose
+    sources, `offline` the corpus that needs no data at all (see `offline_documents`); anything else is a registry dataset (`alpaca`, `bundled`, a file...) whose
     prompts become one-turn chats (conversations are kept as they are).
     """
     name, _, subset = spec.partition(":")
-    if name == "corpus":
+    if name == "offline":
+        docs = offline_documents()
+    elif name == "corpus":
         root = data_dir()
         if root is None:
             raise SaesteerError("the `corpus` dataset needs a data directory: set --data-dir or SAESTEER_DATA "

@@ -287,23 +287,29 @@ def hh_rlhf_harmless(subset: str | None) -> list[Record]:
 # --- bundled, generic and local files ------------------------------------------------------------
 
 BUNDLED_PARTS = ("harmful", "harmless", "borderline")
+BUNDLED_CAPABILITY = ("mc", "math")
+
+
+def _bundled_lines(name: str) -> list[dict[str, Any]]:
+    text = resources.files("saesteer.data").joinpath(f"bundled/{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def bundled(subset: str | None) -> list[Record]:
-    """Prompt sets written for saesteer (no network, no data directory needed)."""
-    if subset not in (None, *BUNDLED_PARTS):
-        raise SaesteerError(f"bundled subsets are {', '.join(BUNDLED_PARTS)}")
-    out = []
-    for part in BUNDLED_PARTS:
-        if subset and part != subset:
-            continue
-        text = resources.files("saesteer.data").joinpath(f"bundled/{part}.jsonl").read_text(encoding="utf-8")
-        for line in text.splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out.append(Record(id=r["id"], prompt=r["prompt"], source=f"bundled:{part}",
-                                  label=r["label"], category=r.get("category")))
-    return out
+    """Sets written for saesteer (no network, no data directory needed): `bundled` is the three
+    prompt sets (harmful, harmless, borderline = safe but scary-sounding); `bundled:mc` (80
+    four-choice questions) and `bundled:math` (40 word problems) are small capability sets."""
+    if subset not in (None, *BUNDLED_PARTS, *BUNDLED_CAPABILITY):
+        raise SaesteerError(f"bundled subsets are {', '.join(BUNDLED_PARTS + BUNDLED_CAPABILITY)}")
+    if subset == "mc":
+        return [Record(id=r["id"], prompt=r["question"], source="bundled:mc", category=r["category"],
+                       choices=r["choices"], correct=[int(r["answer"])]) for r in _bundled_lines("capability_mc")]
+    if subset == "math":
+        return [Record(id=r["id"], prompt=r["question"], source="bundled:math", reference=str(r["answer"]),
+                       meta={"solution": r["solution"]}) for r in _bundled_lines("capability_math")]
+    return [Record(id=r["id"], prompt=r["prompt"], source=f"bundled:{part}", label=r["label"],
+                   category=r.get("category"))
+            for part in BUNDLED_PARTS if subset in (None, part) for r in _bundled_lines(part)]
 
 
 PROMPT_KEYS = ("prompt", "instruction", "goal", "behavior", "forbidden_prompt", "question", "text", "input")

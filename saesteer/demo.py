@@ -1,0 +1,214 @@
+"""`saesteer demo`: the paper's pipeline in one command, on the embedded model, offline.
+
+harvest → train a Top-k SAE → discover refusal features → steer (clamp, conditional clamp,
+refusal-direction and CAA baselines) → evaluate refusal, over-refusal and capability →
+HTML report. Every stage writes its results under the output folder and is skipped when they
+are already there, so an interrupted demo continues from the last finished stage and a rerun
+only rebuilds the report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from saesteer.errors import SaesteerError
+from saesteer.files import ensure_dir, read_json, write_json
+
+DEMO_LAYER = 9
+"""Residual stream after block 9 of 30: chosen by the layer comparison in docs/RESULTS.md."""
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("saesteer-demo")
+    model: str = "smollm2"
+    layer: int = DEMO_LAYER
+    sae: Path | None = None
+    """Use this SAE instead of training one (skips harvest and training)."""
+    corpus: str = "offline"
+    harvest_tokens: int = 150_000
+    context_length: int = 256
+    expansion: int = 8
+    k: int = 32
+    train_epochs: int = 3
+    n_rank: int = 48
+    n_causal: int = 16
+    candidates: int = 6
+    causal_tokens: int = 32
+    eval_datasets: str = "bundled:harmful,bundled:harmless,bundled:borderline"
+    eval_limit: int | None = 32
+    eval_tokens: int = 64
+    clamp_multipliers: tuple[float, ...] = (0.5, 1.0)
+    direction_strengths: tuple[float, ...] = (1.0, 2.0)
+    capability_tasks: str = "bundled_mc"
+    capability_limit: int | None = 80
+    harmful_train: str = "bundled:harmful"
+    harmless_train: str = "bundled:harmless"
+    methods: tuple[str, ...] = ("none", "sae_clamp", "conditional_sae_clamp", "refusal_direction", "caa")
+    device: str = "auto"
+
+
+def preset(name: str, base: DemoConfig) -> DemoConfig:
+    """`default`, `fast` (the CI smoke run, minutes) or `full` (the paper's protocol, public data)."""
+    if name == "fast":
+        return replace(base, harvest_tokens=24_000, expansion=4, train_epochs=2, n_rank=12, n_causal=6, candidates=2,
+                       causal_tokens=16, eval_limit=8, eval_tokens=24, clamp_multipliers=(1.0,),
+                       direction_strengths=(2.0,), capability_limit=16, methods=("none", "sae_clamp",
+                                                                                 "conditional_sae_clamp",
+                                                                                 "refusal_direction"))
+    if name == "full":
+        return replace(base, corpus="corpus", harvest_tokens=5_000_000, context_length=512, train_epochs=1,
+                       n_rank=128, n_causal=64, candidates=12, causal_tokens=64,
+                       eval_datasets="harmbench,advbench,jailbreakbench,strongreject,xstest,alpaca", eval_limit=None,
+                       eval_tokens=256, clamp_multipliers=(0.5, 0.75, 1.0, 1.25, 1.5),
+                       direction_strengths=(0.5, 1.0, 1.5, 2.0),
+                       capability_tasks="mmlu_gen,mmlu_ll,truthfulqa_mc1,truthfulqa_mc2,gsm8k", capability_limit=None,
+                       harmful_train="harmful_train", harmless_train="harmless_train")
+    return base
+
+
+def _stage(n: int, total: int, title: str, done: bool, fn: Callable[[], Any], say: Callable[[str], None]) -> Any:
+    if done:
+        say(f"[{n}/{total}] {title}: already done, reusing it")
+        return None
+    say(f"[{n}/{total}] {title}")
+    started = time.time()
+    result = fn()
+    say(f"      done in {time.time() - started:.0f} s")
+    return result
+
+
+def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the demo; returns the summary it prints."""
+    from saesteer.activations import HarvestConfig, Manifest, harvest
+    from saesteer.discover import DiscoverConfig, discover
+    from saesteer.evaluate.sweep import SweepConfig, run_sweep
+    from saesteer.models import load_model
+    from saesteer.report import build_report
+    from saesteer.sae import TrainConfig, load_sae
+    from saesteer.sae.data import ShardSource
+    from saesteer.sae.train import train_sae
+
+    out = ensure_dir(config.out)
+    started = time.time()
+    previous = out / "demo.json"
+    settings = {k: str(v) for k, v in asdict(config).items() if k not in ("out", "device")}
+    if previous.exists() and read_json(previous).get("settings") != settings:
+        raise SaesteerError(f"{out} holds a demo run with other settings; use a new --out or delete it")
+    write_json(previous, {"settings": settings})
+    total = 6
+    say(f"saesteer demo → {out.resolve()}")
+    say(f"[1/{total}] loading {config.model}")
+    lm = load_model(config.model, device=config.device)
+    say(f"      {lm.model_id}: {lm.n_layers} layers, d_model {lm.d_model}; hooking the residual stream after block {config.layer}")
+
+    acts, sae_dir = out / "activations", out / "sae"
+    if config.sae is None:
+        harvested = (acts / "manifest.json").exists() and Manifest.load(acts).complete
+        _stage(2, total, f"harvest {config.harvest_tokens:,} tokens of the {config.corpus} corpus at layer {config.layer} "
+               "(the forward pass stops after that block)", harvested,
+               lambda: harvest(lm, acts, HarvestConfig(layers=[config.layer], dataset=config.corpus,
+                                                        max_tokens=config.harvest_tokens,
+                                                        context_length=config.context_length)), say)
+        trained = (sae_dir / "metrics.json").exists()
+
+        def train() -> None:
+            source = ShardSource(acts, holdout_tokens=max(4096, config.harvest_tokens // 10))
+            batches = max(1, source.train_tokens // 4096) * 4096
+            train_sae(source, sae_dir, TrainConfig(k=config.k, expansion=config.expansion, batch_tokens=4096,
+                                                   max_tokens=batches * config.train_epochs, warmup_steps=20,
+                                                   holdout_tokens=source.holdout_tokens),
+                      resume=(sae_dir / "checkpoint.pt").exists(), checkpoint_every=50)
+
+        _stage(3, total, f"train a Top-k SAE (k={config.k}, {config.expansion}x = {config.expansion * lm.d_model:,} latents)",
+               trained, train, say)
+    else:
+        sae_dir = Path(config.sae)
+        say(f"[2-3/{total}] using the SAE at {sae_dir} (no harvest, no training)")
+    sae = load_sae(sae_dir)
+    discovery = out / "discover"
+    _stage(4, total, "discover refusal features (rank on refusals vs compliances, check causally by clamping)",
+           (discovery / "features.json").exists(),
+           lambda: discover(lm, sae.to(lm.device), discovery,
+                            DiscoverConfig(harmful=config.harmful_train, harmless=config.harmless_train,
+                                           n_rank=config.n_rank, n_causal=config.n_causal,
+                                           n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens),
+                            sae_path=sae_dir), say)
+    sweep_dir = out / "sweep"
+    best = read_json(discovery / "features.json")["features"][0]
+    sweep_cfg = SweepConfig(discovery=str(discovery), methods=config.methods,
+                            clamp_values=tuple(round(best["best_value"] * m, 3) for m in config.clamp_multipliers),
+                            direction_strengths=config.direction_strengths, harmful_train=config.harmful_train,
+                            harmless_train=config.harmless_train, refusal_datasets=config.eval_datasets,
+                            refusal_limit=config.eval_limit, max_new_tokens=config.eval_tokens,
+                            capability_tasks=config.capability_tasks, capability_limit=config.capability_limit)
+    _stage(5, total, "steer and evaluate: no steering, SAE clamp, conditional clamp, refusal direction, CAA",
+           False, lambda: run_sweep(lm, sweep_dir, sweep_cfg), say)
+    report = _stage(6, total, "report", False, lambda: build_report(sweep_dir), say)
+    summary = summarise(out, report, time.time() - started)
+    write_json(out / "summary.json", summary)
+    say("")
+    for line in summary["lines"]:
+        say(line)
+    say(f"\nreport: {report}")
+    return summary
+
+
+def summarise(out: Path, report: Path, seconds: float) -> dict[str, Any]:
+    """Five lines of measured effects, read back from the files the stages wrote."""
+    from saesteer.files import read_jsonl
+    from saesteer.report.plots import by_run
+
+    rows = read_jsonl(out / "sweep" / "results.jsonl")
+    runs = by_run(rows)
+    features = read_json(out / "discover" / "features.json")
+    metrics_path = out / "sae" / "metrics.json"
+    sae_metrics = read_json(metrics_path) if metrics_path.exists() else {}
+
+    def get(method: str, metric: str, pick: Callable[[dict], float] | None = None) -> tuple[str | None, float | None]:
+        cands = {n: r for n, r in runs.items() if r["method"] == method and metric in r}
+        if not cands:
+            return None, None
+        name = max(cands, key=pick or (lambda n: 0.0))
+        return name, cands[name][metric][0]
+
+    def balance(n: str) -> float:
+        r = runs[n]
+        return r.get("unsafe_refusal", (0,))[0] - r.get("safe_over_refusal", (0,))[0]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.0%}"
+
+    clamp_name, clamp_unsafe = get("sae_clamp", "unsafe_refusal", balance)
+    cond_name, cond_unsafe = get("conditional_sae_clamp", "unsafe_refusal", balance)
+    dir_name, dir_unsafe = get("refusal_direction", "unsafe_refusal", balance)
+    caa_name, caa_unsafe = get("caa", "unsafe_refusal", balance)
+    _, none_unsafe = get("none", "unsafe_refusal")
+    _, none_safe = get("none", "safe_over_refusal")
+
+    def of(name: str | None, metric: str) -> float | None:
+        return runs[name][metric][0] if name and metric in runs[name] else None
+
+    best = features["features"][0]
+    recon = sae_metrics.get("reconstruction", sae_metrics)
+    lines = [
+        f"SAE: {features['sae']['d_sae']:,} latents at {features['sae']['hook']}, FVU {recon.get('fvu', float('nan')):.3f}, "
+        f"dead {100 * recon.get('dead_fraction', float('nan')):.1f}% on held-out tokens",
+        f"refusal feature {best['feature']} clamped on every token: refusal of unsafe prompts {pct(none_unsafe)} -> "
+        f"{pct(clamp_unsafe)} ({clamp_name})",
+        f"over-refusal of safe prompts: {pct(none_safe)} unsteered, {pct(of(clamp_name, 'safe_over_refusal'))} clamped, "
+        f"{pct(of(cond_name, 'safe_over_refusal'))} with the conditional clamp (unsafe refusal {pct(cond_unsafe)})",
+        f"capability (mean accuracy): {pct(of(_name('none', runs), 'capability'))} unsteered, "
+        f"{pct(of(clamp_name, 'capability'))} clamped, {pct(of(cond_name, 'capability'))} conditional",
+        f"baselines: refusal direction {pct(dir_unsafe)} unsafe / {pct(of(dir_name, 'safe_over_refusal'))} safe refused; "
+        f"CAA {pct(caa_unsafe)} / {pct(of(caa_name, 'safe_over_refusal'))}",
+    ]
+    return {"lines": lines, "report": str(report), "seconds": round(seconds, 1),
+            "runs": {n: {k: (v[0] if isinstance(v, tuple) else v) for k, v in r.items()} for n, r in runs.items()}}
+
+
+def _name(method: str, runs: dict[str, dict]) -> str | None:
+    return next((n for n, r in runs.items() if r["method"] == method), None)
