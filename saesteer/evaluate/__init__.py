@@ -1,0 +1,1 @@
+"""Evaluation: the refusal judge and the evaluators built on it."""
