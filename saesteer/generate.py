@@ -72,6 +72,8 @@ class GenerationConfig:
     """System prompt for chat prompts (None keeps the template's default)."""
     use_cache: bool = True
     """False recomputes the whole sequence every step (slow; for checking cached results)."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-turn tokens (fixed-length runs for benchmarks)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -94,6 +96,10 @@ class Generation:
 
 ShouldStop = Callable[[int, str], bool]
 """`should_stop(row, text_so_far)`: end a row early (e.g. once a judge is certain)."""
+OnToken = Callable[[int, int, str], None]
+"""`on_token(row, token_id, text_so_far)`: called after each generated token is appended (streaming)."""
+OnFinish = Callable[[int, str], None]
+"""`on_finish(row, finish_reason)`: called as a row leaves the batch (before the batch ends)."""
 
 
 def chat_template_spans(lm: ChatModel) -> tuple[int, int]:
@@ -135,6 +141,7 @@ def prompt_roles(lm: ChatModel, length: int, *, chat: bool) -> list[int]:
 @torch.inference_mode()
 def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationConfig | None = None,
              *, chat: bool = True, should_stop: ShouldStop | None = None,
+             on_token: OnToken | None = None, on_finish: OnFinish | None = None,
              progress: bool | str = False) -> list[Generation]:
     """Generate one answer per prompt, in the order given.
 
@@ -160,7 +167,8 @@ def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationCon
         rows = order[start:start + config.batch_size]
         batch = [encoded[r] for r in rows]
         roles = [prompt_roles(lm, len(ids), chat=chat) for ids in batch]
-        for row, gen in zip(rows, _generate_batch(lm, batch, roles, rows, config, should_stop)):
+        gens = _generate_batch(lm, batch, roles, rows, config, should_stop, on_token, on_finish)
+        for row, gen in zip(rows, gens):
             results[row] = gen
         bar.update(len(rows))
     bar.close()
@@ -191,7 +199,8 @@ def _sample(logits: torch.Tensor, rows: list[int], config: GenerationConfig,
 
 
 def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]], rows: list[int],
-                    config: GenerationConfig, should_stop: ShouldStop | None) -> list[Generation]:
+                    config: GenerationConfig, should_stop: ShouldStop | None,
+                    on_token: OnToken | None = None, on_finish: OnFinish | None = None) -> list[Generation]:
     from transformers import DynamicCache
 
     device = lm.device
@@ -206,7 +215,7 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
         role_t[i, width - len(ids):] = torch.tensor(roles[i])
     input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    stop_ids = torch.tensor(lm.stop_token_ids, device=device)
+    stop_ids = torch.tensor([] if config.ignore_eos else lm.stop_token_ids, dtype=torch.long, device=device)
     cache = DynamicCache(config=lm.model.config) if config.use_cache else None
     generators: dict[int, torch.Generator] = {}
 
@@ -228,10 +237,14 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
         for j, i in enumerate(live):
             if is_stop[j]:
                 finished[i] = "stop"
+                if on_finish is not None:
+                    on_finish(rows[i], "stop")
                 continue
             new_tokens[i].append(next_list[j])
-            if config.stop_strings or should_stop:
+            if config.stop_strings or should_stop or on_token:
                 texts[i] = lm.tokenizer.decode(new_tokens[i], skip_special_tokens=True)
+            if on_token is not None:
+                on_token(rows[i], next_list[j], texts[i])
             hit = next((s for s in config.stop_strings if s in texts[i]), None)
             if hit is not None:
                 finished[i] = "stop_string"
@@ -241,6 +254,8 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
                 finished[i] = "length"
             else:
                 keep.append(j)
+            if on_finish is not None and i in finished:
+                on_finish(rows[i], finished[i])
         if not keep:
             break
         if len(keep) < len(live):
