@@ -89,3 +89,11 @@ def test_cli_bad_input(tmp_path, dataset):
                           "no_such_set", "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_summary_keeps_per_dataset_stats(tmp_path, dataset):
+    lm = tiny_model("llama")
+    summary = evaluate_refusal(lm, tmp_path / "e", RefusalEvalConfig(datasets=dataset, max_new_tokens=3,
+                                                                     judge="phrase"), progress=False)
+    assert isinstance(summary["datasets"], dict) and summary["dataset_spec"] == dataset
+    assert set(summary["datasets"]["prompts"]) == {"safe_over_refusal", "unsafe_refusal"}

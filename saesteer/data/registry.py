@@ -256,9 +256,10 @@ def pyrit(subset: str | None) -> list[Record]:
                 while turns and turns[-1][0] != "user":
                     turns.pop()
                 if len(turns) >= 2:
+                    cats = group[0].get("harm_categories") or doc.get("harm_categories")
                     out.append(Record(id=f"pyrit-{name}-{alias}", prompt=conversation(*turns),
                                       source="pyrit", label="unsafe",
-                                      category=str(doc.get("harm_categories", "")) or None))
+                                      category=(cats[0] if isinstance(cats, list) and cats else cats) or None))
     return out
 
 

@@ -102,7 +102,7 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     rows = _merge(out, shard, records)
     summary = summarise(rows, records)
     summary.update({"model": lm.describe(), "spec_hash": spec_hash, "judge": config.judge,
-                    "generation": asdict(gen_cfg), "datasets": config.datasets, "limit": config.limit,
+                    "generation": asdict(gen_cfg), "dataset_spec": config.datasets, "limit": config.limit,
                     "seconds_this_run": round(time.time() - started, 1)})
     write_json(out / "summary.json", summary)
     return summary
