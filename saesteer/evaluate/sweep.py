@@ -49,6 +49,8 @@ class SweepConfig:
     max_new_tokens: int = 128
     capability_tasks: str = "mmlu_ll,truthfulqa_mc2"
     capability_limit: int | None = 100
+    capability_shots: int = 5
+    """MMLU-style exemplars per question (the paper: 5)."""
     batch_size: int = 16
     judge: str = "auto"
     seed: int = 0
@@ -153,7 +155,7 @@ def _capability(lm: ChatModel, out: Path, config: SweepConfig, spec: SteeringSpe
     from saesteer.evaluate import capability
 
     cfg = capability.CapabilityConfig(tasks=config.capability_tasks, limit=config.capability_limit, seed=config.seed,
-                                      batch_size=config.batch_size)
+                                      mmlu_shots=config.capability_shots, batch_size=config.batch_size)
     capability.evaluate_capability(lm, out, cfg, spec, progress=progress)
 
 

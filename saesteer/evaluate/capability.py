@@ -1,0 +1,475 @@
+"""Capability of a (steered) model: MMLU, TruthfulQA and GSM8K, each with a 95% interval.
+
+Tasks (formats in `capability_tasks`):
+
+* `mmlu_gen`: the paper's format. 5-shot chat (the exemplars and their `ANSWER: X` replies as
+  prior turns), greedy generation, the letter read from the reply; reports the letter
+  histogram (A-D and UNK) and how often the reply was a refusal.
+* `mmlu_ll`: lm-eval's default MMLU, 5-shot; the most likely of " A" ... " D" after "Answer:".
+* `truthfulqa_mc1`, `truthfulqa_mc2`: lm-eval's 6-shot QA preamble; MC1 = the most likely
+  answer is the true one, MC2 = normalised probability mass on the true answers.
+* `gsm8k`: lm-eval's `gsm8k_cot` (the 8 chain-of-thought exemplars of Wei et al. as plain
+  text); the last number of the generation must equal the reference.
+* `gsm8k_chat` (not run by default): the paper's format, the exemplars as chat turns.
+
+Steering, when given, is active during every forward (log-likelihood and generation). Writes
+`run.json` (model, spec, settings), `items.jsonl` (one row per task item; a rerun skips
+finished rows) and `summary.json`. Under `torchrun` each rank takes every world-th item and
+rank 0 merges the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from saesteer.data import Record, load_records
+from saesteer.errors import SaesteerError
+from saesteer.evaluate import capability_tasks as fmt
+from saesteer.evaluate.capability_ll import loglikelihoods
+from saesteer.evaluate.distributed import Shard, barrier, current_shard
+from saesteer.evaluate.stats import rate
+from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.generate import GenerationConfig, generate
+from saesteer.models import ChatModel
+from saesteer.steer import Steering, SteeringSpec
+
+DEFAULT_TASKS = ("mmlu_gen", "mmlu_ll", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k")
+TASKS: dict[str, str] = {
+    "mmlu_gen": "MMLU 5-shot chat, answer letter extracted from the generation (the paper's format)",
+    "mmlu_ll": "MMLU 5-shot, log-likelihood of the answer letter (lm-eval's format)",
+    "truthfulqa_mc1": "TruthfulQA MC1 by log-likelihood (lm-eval)",
+    "truthfulqa_mc2": "TruthfulQA MC2 by log-likelihood (lm-eval)",
+    "gsm8k": "GSM8K 8-shot chain of thought, last number (lm-eval's gsm8k_cot)",
+    "gsm8k_chat": "GSM8K 8-shot chain of thought as chat turns (the paper's format)",
+    "bundled_mc": "saesteer's 80 four-choice questions in mmlu_gen's format (offline)",
+    "bundled_mc_ll": "saesteer's 80 four-choice questions in mmlu_ll's format (offline)",
+    "bundled_math": "saesteer's 40 word problems in gsm8k's format (offline)",
+}
+DATASET = {"mmlu_gen": "mmlu", "mmlu_ll": "mmlu", "truthfulqa_mc1": "truthfulqa",
+           "truthfulqa_mc2": "truthfulqa", "gsm8k": "gsm8k", "gsm8k_chat": "gsm8k",
+           "bundled_mc": "bundled:mc", "bundled_mc_ll": "bundled:mc", "bundled_math": "bundled:math"}
+# Tasks that reuse another task's format on a different dataset.
+FORMAT = {"bundled_mc": "mmlu_gen", "bundled_mc_ll": "mmlu_ll", "bundled_math": "gsm8k"}
+
+
+def task_format(task: str) -> str:
+    """The format a task is scored in (`bundled_mc` is scored like `mmlu_gen`)."""
+    return FORMAT.get(task, task)
+
+
+def parse_tasks(tasks: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [t.strip() for t in tasks]
+    names = [t for t in names if t]
+    if not names:
+        raise SaesteerError(f"no capability task given; choose from {', '.join(TASKS)}")
+    for name in names:
+        if name not in TASKS:
+            raise SaesteerError(f"unknown capability task {name!r}; choose from {', '.join(TASKS)}")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class CapabilityConfig:
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    """Tasks to run (a comma-separated string is accepted)."""
+    limit: int | None = None
+    """At most this many items per task: a seeded sample, the same items for every model and spec."""
+    seed: int = 0
+    mmlu_shots: int = 5
+    """Exemplars per MMLU question: the first ones of its subject's dev split."""
+    gsm8k_shots: int = 8
+    """How many of the 8 chain-of-thought exemplars to show."""
+    mmlu_max_new_tokens: int = 64
+    """Generation budget of `mmlu_gen` (a row stops as soon as it holds `ANSWER: X`)."""
+    gsm8k_max_new_tokens: int = 256
+    judge: str | None = "auto"
+    """Refusal judge for `mmlu_gen` replies (None: not judged)."""
+    system: str | None = None
+    """System prompt of the chat tasks (None: the template's default; `gsm8k_chat` then uses
+    the paper's "the last number you write is your answer")."""
+    batch_size: int = 8
+    """Rows per forward pass."""
+    share_prefix: bool = True
+    """Cache the few-shot prefix shared by a group of log-likelihood requests."""
+    chunk: int = 64
+    """Items scored and written per step (the unit of resumption)."""
+
+    def __post_init__(self) -> None:
+        self.tasks = parse_tasks(self.tasks)
+        if self.limit is not None and self.limit < 1:
+            raise SaesteerError("limit must be at least 1")
+        if not 0 <= self.mmlu_shots <= 5:
+            raise SaesteerError("mmlu_shots must be between 0 and 5 (the dev split has 5 per subject)")
+        if not 0 <= self.gsm8k_shots <= len(fmt.GSM8K_EXEMPLARS):
+            raise SaesteerError(f"gsm8k_shots must be between 0 and {len(fmt.GSM8K_EXEMPLARS)}")
+        if self.batch_size < 1 or self.chunk < 1:
+            raise SaesteerError("batch_size and chunk must be at least 1")
+        if self.mmlu_max_new_tokens < 1 or self.gsm8k_max_new_tokens < 1:
+            raise SaesteerError("max_new_tokens must be at least 1")
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a rerun to resume into the same folder (tasks may be added)."""
+        d = asdict(self)
+        for key in ("tasks", "batch_size", "share_prefix", "chunk"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class Item:
+    task: str
+    record: Record
+    shots: list[Record] = field(default_factory=list)
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def sample(records: list, limit: int | None, seed: int) -> list:
+    """The seeded sample `load_records(limit=...)` takes, kept in dataset order."""
+    if limit is None or limit >= len(records):
+        return list(records)
+    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in keep]
+
+
+class _Data:
+    """Datasets by name, loaded once; `records` overrides the registry (tests, custom sets)."""
+
+    def __init__(self, records: Mapping[str, list[Record]] | None):
+        self.given = dict(records or {})
+        self.loaded: dict[str, list[Record]] = {}
+
+    def __call__(self, name: str) -> list[Record]:
+        if name not in self.loaded:
+            self.loaded[name] = list(self.given[name]) if name in self.given else load_records(name)
+        return self.loaded[name]
+
+
+def task_items(task: str, config: CapabilityConfig, data: _Data) -> list[Item]:
+    records = sample(data(DATASET[task]), config.limit, config.seed)
+    form = task_format(task)
+    if form in ("mmlu_gen", "mmlu_ll"):
+        dev: dict[str, list[Record]] = defaultdict(list)
+        if config.mmlu_shots:
+            # MMLU has a dev split for exemplars; a bundled set lends its own other questions.
+            for r in data("mmlu:dev" if DATASET[task] == "mmlu" else DATASET[task]):
+                dev[r.category or ""].append(r)
+        for r in records:
+            if not r.choices or len(r.choices) != 4 or not r.correct:
+                raise SaesteerError(f"MMLU record {r.id} needs 4 choices and a correct index")
+        return [Item(task, r, [s for s in dev.get(r.category or "", []) if s.id != r.id][:config.mmlu_shots])
+                for r in records]
+    if form.startswith("truthfulqa"):
+        for r in records:
+            if not r.choices or not r.correct or "mc2_choices" not in r.meta:
+                raise SaesteerError(f"TruthfulQA record {r.id} needs MC1 choices and meta.mc2_choices/mc2_correct")
+    if form.startswith("gsm8k"):
+        for r in records:
+            if r.reference is None:
+                raise SaesteerError(f"GSM8K record {r.id} has no reference answer")
+    return [Item(task, r) for r in records]
+
+
+# --- scoring one chunk -------------------------------------------------------------------------
+
+class _Runner:
+    def __init__(self, lm: ChatModel, config: CapabilityConfig, steering: Steering | None, judge: Any):
+        self.lm, self.config, self.steering, self.judge = lm, config, steering, judge
+
+    def active(self):
+        import contextlib
+
+        return self.steering.active() if self.steering is not None else contextlib.nullcontext()
+
+    def decisions(self) -> dict[int, bool] | None:
+        gate = self.steering.gate if self.steering is not None else None
+        return dict(gate.decisions) if gate is not None else None
+
+    def run(self, task: str, items: list[Item]) -> list[dict[str, Any]]:
+        form = task_format(task)
+        rows = (self._loglikelihood(form, items) if form in ("mmlu_ll", "truthfulqa_mc1", "truthfulqa_mc2")
+                else self._generate(form, items))
+        for row in rows:
+            row["task"] = task
+        return rows
+
+    def _loglikelihood(self, task: str, items: list[Item]) -> list[dict[str, Any]]:
+        requests: list[tuple[str, str]] = []
+        groups: list[str] = []
+        spans: list[tuple[int, int]] = []
+        for it in items:
+            r = it.record
+            if task == "mmlu_ll":
+                context = fmt.mmlu_ll_context(r.category or "", it.shots, r)
+                conts = [f" {letter}" for letter in fmt.LETTERS]
+                group = f"mmlu:{r.category}"
+            else:
+                context = fmt.truthfulqa_context(r.text)
+                conts = [f" {c}" for c in (r.choices if task == "truthfulqa_mc1" else r.meta["mc2_choices"])]
+                group = "truthfulqa"
+            spans.append((len(requests), len(requests) + len(conts)))
+            requests += [(context, c) for c in conts]
+            groups += [group] * len(conts)
+        gate = self.steering is not None and self.steering.gate is not None
+        with self.active():
+            results = loglikelihoods(self.lm, requests, batch_size=self.config.batch_size, groups=groups,
+                                     share_prefix=self.config.share_prefix and not gate)
+        decisions = self.decisions()
+        rows = []
+        for it, (a, b) in zip(items, spans):
+            r = it.record
+            lps = [x.logprob for x in results[a:b]]
+            best = max(range(len(lps)), key=lambda j: lps[j])  # first of ties, like numpy's argmax
+            row: dict[str, Any] = {"task": task, "id": r.id, "logprobs": [round(x, 5) for x in lps]}
+            if task == "mmlu_ll":
+                row.update(subject=r.category, gold=fmt.LETTERS[r.correct[0]], pred=fmt.LETTERS[best],
+                           correct=best == r.correct[0], n_shots=len(it.shots))
+            elif task == "truthfulqa_mc1":
+                row.update(pred=best, correct=best in r.correct)
+            else:
+                true = r.meta["mc2_correct"]
+                row.update(score=fmt.mc2_score(lps, true), n_true=len(true))
+            if decisions is not None:
+                row["steered"] = any(decisions.get(x.row, False) for x in results[a:b])
+            rows.append(row)
+        return rows
+
+    def _generate(self, task: str, items: list[Item]) -> list[dict[str, Any]]:
+        c = self.config
+        if task == "mmlu_gen":
+            prompts: list[Any] = [fmt.mmlu_gen_conversation(it.record.category or "", it.shots, it.record)
+                                  for it in items]
+            gen_cfg = GenerationConfig(max_new_tokens=c.mmlu_max_new_tokens, batch_size=c.batch_size,
+                                       system=c.system, seed=c.seed)
+            chat, stop = True, (lambda _row, text: fmt.answer_given(text))
+        elif task == "gsm8k_chat":
+            exemplars = fmt.gsm8k_conversation("")[:2 * c.gsm8k_shots]
+            prompts = [exemplars + [{"role": "user", "content": it.record.text}] for it in items]
+            gen_cfg = GenerationConfig(max_new_tokens=c.gsm8k_max_new_tokens, batch_size=c.batch_size,
+                                       system=c.system or fmt.GSM8K_SYSTEM, seed=c.seed)
+            chat, stop = True, None
+        else:
+            prompts = [gsm8k_prompt(it.record.text, c.gsm8k_shots) for it in items]
+            gen_cfg = GenerationConfig(max_new_tokens=c.gsm8k_max_new_tokens, batch_size=c.batch_size,
+                                       stop_strings=fmt.GSM8K_STOP, seed=c.seed)
+            chat, stop = False, None
+        with self.active():
+            gens = generate(self.lm, prompts, gen_cfg, chat=chat, should_stop=stop)
+        decisions = self.decisions()
+        rows = []
+        for i, (it, g) in enumerate(zip(items, gens)):
+            r = it.record
+            row: dict[str, Any] = {"task": task, "id": r.id}
+            if task == "mmlu_gen":
+                letter = fmt.extract_letter(g.text)
+                row.update(subject=r.category, gold=fmt.LETTERS[r.correct[0]], pred=letter or fmt.UNK,
+                           correct=letter == fmt.LETTERS[r.correct[0]], n_shots=len(it.shots))
+            else:
+                pred = fmt.extract_number(g.text)
+                strict = fmt.extract_strict(g.text)
+                row.update(reference=r.reference, pred=pred, correct=fmt.number_matches(pred, r.reference),
+                           pred_strict=strict, correct_strict=fmt.number_matches(strict, r.reference))
+            row.update(response=g.text, finish_reason=g.finish_reason, new_tokens=g.n_new_tokens)
+            if decisions is not None:
+                row["steered"] = decisions.get(i, False)
+            rows.append(row)
+        if task == "mmlu_gen" and self.judge is not None:
+            verdicts = self.judge.judge([it.record.text for it in items], [g.text for g in gens])
+            for row, v in zip(rows, verdicts):
+                row["refusal"] = bool(v.refusal)
+        return rows
+
+
+def gsm8k_prompt(question: str, shots: int = 8) -> str:
+    """`capability_tasks.gsm8k_prompt` with the first `shots` exemplars."""
+    if shots == len(fmt.GSM8K_EXEMPLARS):
+        return fmt.gsm8k_prompt(question)
+    head = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in fmt.GSM8K_EXEMPLARS[:shots])
+    return f"{head}Q: {question}\nA:"
+
+
+def get_refusal_judge(name: str | None) -> Any:
+    """The refusal judge, or None when none is asked for or the judge module is unavailable."""
+    if not name or name == "none":
+        return None
+    try:
+        from saesteer.evaluate.judge import get_judge
+    except ImportError:
+        return None
+    return get_judge(name)
+
+
+# --- the evaluation ----------------------------------------------------------------------------
+
+def _rows_path(out: Path, shard: Shard) -> Path:
+    return out / ("items.jsonl" if shard.world == 1 else f"items.rank{shard.rank}.jsonl")
+
+
+def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityConfig | None = None,
+                        spec: SteeringSpec | str | Path | dict | None = None, *,
+                        records: Mapping[str, list[Record]] | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Run the configured tasks with `spec` active; return (and write) the summary.
+
+    `records` replaces registry datasets by name (`mmlu`, `mmlu:dev`, `truthfulqa`, `gsm8k`).
+    Returns {} on ranks other than 0 under torchrun.
+    """
+    config = config or CapabilityConfig()
+    out = ensure_dir(out_dir)
+    shard = current_shard()
+    steering = Steering(lm, spec) if spec is not None else None   # checks the spec before any work
+    spec_hash = steering.hash if steering else None
+    judge = (get_refusal_judge(config.judge) if any(task_format(t) == "mmlu_gen" for t in config.tasks)
+             else None)
+    data = _Data(records)
+    items = {task: task_items(task, config, data) for task in config.tasks}
+    for task, its in items.items():
+        if not its:
+            raise SaesteerError(f"no items for task {task}")
+    run_path = out / "run.json"
+    run_info: dict[str, Any] = {"model": lm.describe(), "spec_hash": spec_hash,
+                                "spec": steering.spec.to_dict() if steering else None,
+                                "settings": config.settings(), "tasks": {}}
+    if run_path.exists():
+        previous = read_json(run_path)
+        for key in ("spec_hash", "settings"):
+            if previous.get(key) != run_info[key]:
+                raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
+                                    "use a new --out or delete the folder")
+        if previous.get("model", {}).get("model_id") != lm.model_id:
+            raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
+        run_info["tasks"] = dict(previous.get("tasks") or {})
+    run_info["tasks"].update({task: {"n_items": len(its), "description": TASKS[task]} for task, its in items.items()})
+    if shard.is_main:
+        write_json(run_path, run_info)
+
+    path = _rows_path(out, shard)
+    done = {(row["task"], row["id"]) for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
+    runner = _Runner(lm, config, steering, judge)
+    started = time.time()
+    rank = f" rank {shard.rank}" if shard.world > 1 else ""
+    with JsonlAppender(path) as writer:
+        for task, its in items.items():
+            mine = shard.take(its)
+            todo = [it for it in mine if (task, it.record.id) not in done]
+            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="item", disable=not progress,
+                       desc=f"{task}{rank}")
+            for start in range(0, len(todo), config.chunk):
+                chunk = todo[start:start + config.chunk]
+                for row in runner.run(task, chunk):
+                    writer.write({**row, "spec_hash": spec_hash})
+                bar.update(len(chunk))
+            bar.close()
+    barrier(shard)
+    if not shard.is_main:
+        return {}
+    rows = _merge(out, shard, run_info["tasks"])
+    expected = {task: info["n_items"] for task, info in run_info["tasks"].items()}
+    summary = summarise(rows, expected)
+    summary.update({"model": lm.describe(), "spec_hash": spec_hash, "settings": config.settings(),
+                    "judge": getattr(judge, "name", None), "seconds_this_run": round(time.time() - started, 1)})
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _merge(out: Path, shard: Shard, tasks: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if shard.world == 1:
+        rows = read_jsonl(out / "items.jsonl")
+    else:
+        rows = []
+        for rank in range(shard.world):
+            part = out / f"items.rank{rank}.jsonl"
+            if part.exists():
+                rows += read_jsonl(part, tolerate_torn_tail=True)
+        order = {task: i for i, task in enumerate(tasks)}
+        rows.sort(key=lambda row: (order.get(row["task"], len(order)), row["id"]))
+        with atomic_path(out / "items.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for row in rows:
+        key = (row["task"], row["id"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+def mean_interval(values: list[float], z: float = 1.96) -> dict[str, Any]:
+    """Mean with a normal-approximation 95% interval (clipped to [0, 1])."""
+    n = len(values)
+    if n == 0:
+        return {"mean": float("nan"), "n": 0, "sd": float("nan"), "ci95": [0.0, 1.0]}
+    mean = sum(values) / n
+    if n == 1:
+        return {"mean": mean, "n": 1, "sd": float("nan"), "ci95": [0.0, 1.0]}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return {"mean": mean, "n": n, "sd": sd, "ci95": [max(0.0, mean - half), min(1.0, mean + half)]}
+
+
+def _histogram(letters: list[str], keys: tuple[str, ...]) -> dict[str, Any]:
+    counts = Counter(letters)
+    return {k: rate(counts.get(k, 0), len(letters)) for k in keys}
+
+
+def summarise_task(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    s: dict[str, Any] = {"description": TASKS.get(task, task), "n": n}
+    task = task_format(task)
+    if task == "truthfulqa_mc2":
+        s["mc2"] = mean_interval([row["score"] for row in rows])
+        s["score"] = {"value": s["mc2"]["mean"], "ci95": s["mc2"]["ci95"], "n": n, "metric": "mc2"}
+    else:
+        acc = rate(sum(bool(row["correct"]) for row in rows), n)
+        s["accuracy"] = acc
+        s["score"] = {"value": acc["rate"], "ci95": acc["ci95"], "n": n, "metric": "accuracy"}
+    if task.startswith("mmlu"):
+        keys = fmt.LETTERS + ((fmt.UNK,) if task == "mmlu_gen" else ())
+        s["letters"] = _histogram([row["pred"] for row in rows], keys)
+        s["gold_letters"] = _histogram([row["gold"] for row in rows], fmt.LETTERS)
+        subjects: dict[str, list[dict]] = defaultdict(list)
+        for row in rows:
+            subjects[row.get("subject") or ""].append(row)
+        s["subjects"] = {k: rate(sum(bool(r["correct"]) for r in v), len(v)) for k, v in sorted(subjects.items())}
+    if task == "mmlu_gen" or task.startswith("gsm8k"):
+        s["finish_reasons"] = dict(Counter(row["finish_reason"] for row in rows))
+        s["mean_new_tokens"] = sum(row["new_tokens"] for row in rows) / n if n else float("nan")
+    if task == "mmlu_gen":
+        judged = [row for row in rows if "refusal" in row]
+        s["refusal"] = rate(sum(row["refusal"] for row in judged), len(judged)) if judged else None
+    if task.startswith("gsm8k"):
+        s["strict_accuracy"] = rate(sum(bool(row["correct_strict"]) for row in rows), n)
+        s["no_number"] = sum(row["pred"] is None for row in rows)
+    if any("steered" in row for row in rows):
+        s["steered"] = sum(bool(row.get("steered")) for row in rows)
+    return s
+
+
+def summarise(rows: list[dict[str, Any]], expected: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Per-task metrics with 95% intervals (Wilson for accuracies, normal for the MC2 mean)."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_task[row["task"]].append(row)
+    order = list(expected or {}) + sorted(t for t in by_task if t not in (expected or {}))
+    tasks = {}
+    for task in order:
+        if not by_task.get(task):
+            continue
+        s = summarise_task(task, by_task[task])
+        if expected is not None and task in expected:
+            s["complete"] = len(by_task[task]) >= expected[task]
+        tasks[task] = s
+    return {"tasks": tasks, "scores": {t: s["score"] for t, s in tasks.items()}}
