@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +141,17 @@ def prompt_roles(lm: ChatModel, length: int, *, chat: bool) -> list[int]:
 
 
 @torch.inference_mode()
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache as a forward keyword: `cache` in transformers 5.x, `past_key_values` before."""
+    return {_cache_argument(type(model)): cache}
+
+
 def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationConfig | None = None,
              *, chat: bool = True, should_stop: ShouldStop | None = None,
              on_token: OnToken | None = None, on_finish: OnFinish | None = None,
@@ -226,7 +239,7 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
     info = ForwardInfo(roles=role_t.to(device), rows=torch.tensor(rows, device=device), prefill=True)
     with forward_context(info):
         out = lm.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                       past_key_values=cache if config.use_cache else None,
+                       **cache_kwarg(lm.model, cache if config.use_cache else None),
                        use_cache=config.use_cache, logits_to_keep=1)
     logits = out.logits[:, -1]
     for _step in range(config.max_new_tokens):
@@ -274,7 +287,7 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
                                rows=live_rows, prefill=False)
             with forward_context(info):
                 out = lm.model(input_ids=next_ids[:, None], attention_mask=attention,
-                               position_ids=positions, past_key_values=cache, use_cache=True)
+                               position_ids=positions, **cache_kwarg(lm.model, cache), use_cache=True)
         else:
             out = _full_forward(lm, input_ids, role_t.to(device), live,
                                 new_tokens, attention, live_rows, pad_id)

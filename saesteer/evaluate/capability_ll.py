@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saesteer.errors import SaesteerError
-from saesteer.generate import CONTENT, GENERATED, PAD, ForwardInfo, forward_context
+from saesteer.generate import CONTENT, GENERATED, PAD, ForwardInfo, cache_kwarg, forward_context
 from saesteer.models import ChatModel
 
 MIN_SHARED_PREFIX = 16
@@ -142,7 +142,7 @@ def _prefix_cache(lm: ChatModel, prefix: list[int]):
     ids = torch.tensor([prefix], device=device)
     info = ForwardInfo(roles=torch.full_like(ids, CONTENT), rows=torch.tensor([-1], device=device), prefill=True)
     with forward_context(info):
-        lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, past_key_values=cache,
+        lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **cache_kwarg(lm.model, cache),
                  logits_to_keep=1)
     return cache
 
@@ -175,7 +175,7 @@ def _score_batch(lm: ChatModel, batch: list[_Input], prefix_len: int, cache, res
     info = ForwardInfo(roles=roles, rows=torch.tensor(row_ids, device=device), prefill=True)
     with forward_context(info):
         out = lm.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                       past_key_values=past, use_cache=past is not None, logits_to_keep=keep)
+                       **cache_kwarg(lm.model, past), use_cache=past is not None, logits_to_keep=keep)
     logprobs = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
     for i, m in enumerate(batch):
         for index, cont in m.requests:

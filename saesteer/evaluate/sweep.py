@@ -108,15 +108,21 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
             from saesteer.hooks import hook_point
 
             layer = hook_point(lm.model, discovery["sae"]["hook"]).layer
-        vectors_path = specs / "directions.safetensors"
-        if not vectors_path.exists():
-            harmful = [r.text for r in load_records(config.harmful_train, limit=config.direction_prompts, seed=config.seed)]
-            harmless = [r.text for r in load_records(config.harmless_train, limit=config.direction_prompts, seed=config.seed)]
-            vectors = {"refusal_direction": diff_of_means(lm, harmful, harmless, [layer])[layer],
-                       "caa": caa_direction(lm, harmful + harmless, [layer])[layer]}
-            save_vectors(vectors_path, vectors, {"layer": layer, "harmful": config.harmful_train,
-                                                 "harmless": config.harmless_train})
+        harmful = harmless = None
         for method in dense:
+            # One file per method, so a sweep computes only the directions it uses.
+            vectors_path = specs / f"{method}.safetensors"
+            if not vectors_path.exists():
+                if harmful is None:
+                    n = config.direction_prompts
+                    harmful = [r.text for r in load_records(config.harmful_train, limit=n, seed=config.seed)]
+                    harmless = [r.text for r in load_records(config.harmless_train, limit=n, seed=config.seed)]
+                if method == "refusal_direction":
+                    vector = diff_of_means(lm, harmful, harmless, [layer], progress="refusal direction")[layer]
+                else:
+                    vector = caa_direction(lm, harmful + harmless, [layer], progress="CAA direction")[layer]
+                save_vectors(vectors_path, {method: vector}, {"layer": str(layer), "harmful": config.harmful_train,
+                                                              "harmless": config.harmless_train})
             for s in config.direction_strengths:
                 spec = SteeringSpec(interventions=[InterventionSpec(
                     hook=f"{layer}", vector=FileRef(str(vectors_path.resolve()), key=method), op="add", value=s)],
