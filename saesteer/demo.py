@@ -39,12 +39,13 @@ class DemoConfig:
     candidates: int = 6
     causal_tokens: int = 32
     eval_datasets: str = "bundled:harmful,bundled:harmless,bundled:borderline"
-    eval_limit: int | None = 32
-    eval_tokens: int = 64
-    clamp_multipliers: tuple[float, ...] = (0.5, 1.0)
-    direction_strengths: tuple[float, ...] = (1.0, 2.0)
+    eval_limit: int | None = 24
+    eval_tokens: int = 48
+    clamp_multipliers: tuple[float, ...] = (1.0,)
+    direction_strengths: tuple[float, ...] = (2.0,)
     capability_tasks: str = "bundled_mc"
-    capability_limit: int | None = 80
+    capability_limit: int | None = 40
+    capability_shots: int = 2
     harmful_train: str = "bundled:harmful"
     harmless_train: str = "bundled:harmless"
     methods: tuple[str, ...] = ("none", "sae_clamp", "conditional_sae_clamp", "refusal_direction", "caa")
@@ -56,7 +57,7 @@ def preset(name: str, base: DemoConfig) -> DemoConfig:
     if name == "fast":
         return replace(base, harvest_tokens=24_000, expansion=4, train_epochs=2, n_rank=12, n_causal=6, candidates=2,
                        causal_tokens=16, eval_limit=8, eval_tokens=24, clamp_multipliers=(1.0,),
-                       direction_strengths=(2.0,), capability_limit=16, methods=("none", "sae_clamp",
+                       direction_strengths=(2.0,), capability_limit=12, capability_shots=1, methods=("none", "sae_clamp",
                                                                                  "conditional_sae_clamp",
                                                                                  "refusal_direction"))
     if name == "full":
@@ -66,6 +67,7 @@ def preset(name: str, base: DemoConfig) -> DemoConfig:
                        eval_tokens=256, clamp_multipliers=(0.5, 0.75, 1.0, 1.25, 1.5),
                        direction_strengths=(0.5, 1.0, 1.5, 2.0),
                        capability_tasks="mmlu_gen,mmlu_ll,truthfulqa_mc1,truthfulqa_mc2,gsm8k", capability_limit=None,
+                       capability_shots=5,
                        harmful_train="harmful_train", harmless_train="harmless_train")
     return base
 
@@ -144,7 +146,8 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
                             direction_strengths=config.direction_strengths, harmful_train=config.harmful_train,
                             harmless_train=config.harmless_train, refusal_datasets=config.eval_datasets,
                             refusal_limit=config.eval_limit, max_new_tokens=config.eval_tokens,
-                            capability_tasks=config.capability_tasks, capability_limit=config.capability_limit)
+                            capability_tasks=config.capability_tasks, capability_limit=config.capability_limit,
+                            capability_shots=config.capability_shots)
     _stage(5, total, "steer and evaluate: no steering, SAE clamp, conditional clamp, refusal direction, CAA",
            False, lambda: run_sweep(lm, sweep_dir, sweep_cfg), say)
     report = _stage(6, total, "report", False, lambda: build_report(sweep_dir), say)

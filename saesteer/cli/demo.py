@@ -14,7 +14,7 @@ from saesteer.cli.common import DataDirOpt, DeviceOpt, app, say, setup
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder (rerun to resume or to rebuild the report).")] = Path("saesteer-demo"),
     fast: Annotated[bool, typer.Option("--fast", help="A smoke run of a few minutes (what CI runs).")] = False,
-    full: Annotated[bool, typer.Option("--full", help="The paper's protocol at full size on the public datasets (needs --data-dir; meant for a GPU).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="The paper's protocol at full size on the public datasets (from --data-dir, else the hub; meant for a GPU).")] = False,
     model: Annotated[str, typer.Option(help="Model (alias, hub id, folder or GGUF).")] = "smollm2",
     layer: Annotated[Optional[int], typer.Option(help="Block whose output the SAE reads.")] = None,
     sae: Annotated[Optional[Path], typer.Option(help="Use this SAE (SAELens/sparsify folder) instead of training one.")] = None,
@@ -23,14 +23,11 @@ def demo(
 ) -> None:
     """Harvest, train an SAE, discover refusal features, steer, evaluate, report — offline."""
     setup(data_dir)
-    from saesteer.data import data_dir as current_data_dir
     from saesteer.demo import DemoConfig, preset, run_demo
     from saesteer.errors import SaesteerError
 
     if fast and full:
         raise SaesteerError("choose --fast or --full, not both")
-    if full and current_data_dir() is None:
-        raise SaesteerError("--full runs on the public datasets: pass --data-dir or set SAESTEER_DATA")
     config = preset("fast" if fast else "full" if full else "default", DemoConfig(out=out, model=model, device=device))
     if layer is not None:
         config.layer = layer

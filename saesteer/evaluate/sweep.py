@@ -185,7 +185,7 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
         if capability_file.exists():
             c = read_json(capability_file)
             for task, v in (c.get("tasks") or {}).items():
-                rows.append({**base, "metric": task, "dataset": task, **_value(v)})
+                rows.append({**base, "metric": task, "dataset": task, **_value(v.get("score", v))})
     write_text(out / "results.jsonl", "".join(__import__("json").dumps(r) + "\n" for r in rows))
     buf = io.StringIO()
     fields = ["name", "method", "strength", "feature", "layer", "metric", "dataset", "value", "ci_low", "ci_high",

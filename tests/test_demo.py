@@ -1,0 +1,79 @@
+"""`saesteer demo --fast` end to end on the embedded model: the report exists and every number
+in the printed summary is recomputed here from the files the stages wrote."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from saesteer.files import read_json, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _run(out: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("SAESTEER_DATA", "SAESTEER_CACHE")}
+    return subprocess.run([sys.executable, "-m", "saesteer.cli", "demo", "--fast", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    started = time.time()
+    proc = _run(out, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, time.time() - started
+
+
+def _refusal_rate(responses: list[dict], label: str) -> float:
+    rows = [r for r in responses if r["label"] == label]
+    return sum(bool(r["refusal"]) for r in rows) / len(rows)
+
+
+def test_fast_demo_writes_a_report_from_its_own_numbers(demo):
+    out, proc, _ = demo
+    summary = read_json(out / "summary.json")
+    report = Path(summary["report"])
+    assert report.exists() and report.is_relative_to(out.resolve())
+    html = report.read_text(encoding="utf-8")
+    assert "<img" in html or "<svg" in html
+
+    # The five printed lines are the summary's, and the report path is printed last.
+    printed = proc.stdout + proc.stderr
+    assert len(summary["lines"]) == 5 and all(line in printed for line in summary["lines"])
+    assert str(report) in printed
+
+    # Refusal rates of the unsteered and clamped runs, recomputed from their responses.
+    runs = summary["runs"]
+    for name, stats in runs.items():
+        responses = read_jsonl(out / "sweep" / "runs" / name / "refusal" / "responses.jsonl")
+        assert stats["unsafe_refusal"] == pytest.approx(_refusal_rate(responses, "unsafe"))
+        assert stats["safe_over_refusal"] == pytest.approx(_refusal_rate(responses, "safe"))
+    unsteered = next(n for n, r in runs.items() if r["method"] == "none")
+    line = summary["lines"][1]
+    assert f"{runs[unsteered]['unsafe_refusal']:.0%} ->" in line
+
+    # The SAE line quotes the metrics the training stage measured.
+    metrics = read_json(out / "sae" / "metrics.json")
+    fvu = metrics.get("reconstruction", metrics)["fvu"]
+    assert f"FVU {fvu:.3f}" in summary["lines"][0]
+    feature = read_json(out / "discover" / "features.json")["features"][0]["feature"]
+    assert f"refusal feature {feature} " in summary["lines"][1]
+
+
+def test_fast_demo_fits_its_budget_and_a_rerun_reuses_the_stages(demo):
+    out, _, seconds = demo
+    assert seconds < 600, f"the fast demo took {seconds:.0f} s"
+    started = time.time()
+    again = _run(out, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    printed = again.stdout + again.stderr
+    assert len(re.findall(r"already done", printed)) >= 3
+    assert time.time() - started < 120
