@@ -3,6 +3,7 @@ in the printed summary is recomputed here from the files the stages wrote."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -13,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from saesteer.files import read_json, read_jsonl
-
-pytestmark = pytest.mark.slow
 
 
 def _run(out: Path, timeout: int) -> subprocess.CompletedProcess:
@@ -37,6 +36,7 @@ def _refusal_rate(responses: list[dict], label: str) -> float:
     return sum(bool(r["refusal"]) for r in rows) / len(rows)
 
 
+@pytest.mark.slow
 def test_fast_demo_writes_a_report_from_its_own_numbers(demo):
     out, proc, _ = demo
     summary = read_json(out / "summary.json")
@@ -68,6 +68,7 @@ def test_fast_demo_writes_a_report_from_its_own_numbers(demo):
     assert f"refusal feature {feature} " in summary["lines"][1]
 
 
+@pytest.mark.slow
 def test_fast_demo_fits_its_budget_and_a_rerun_reuses_the_stages(demo):
     out, _, seconds = demo
     assert seconds < 600, f"the fast demo took {seconds:.0f} s"
@@ -77,3 +78,19 @@ def test_fast_demo_fits_its_budget_and_a_rerun_reuses_the_stages(demo):
     printed = again.stdout + again.stderr
     assert len(re.findall(r"already done", printed)) >= 3
     assert time.time() - started < 120
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES])
+def test_a_full_disk_is_one_line_and_exit_2(monkeypatch, capsys, err):
+    import saesteer.cli as cli
+
+    def fails() -> None:
+        raise OSError(err, os.strerror(err), "/out/shard_00003.safetensors")
+
+    monkeypatch.setattr(cli, "app", fails)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "/out/shard_00003.safetensors" in message
+    assert "rerun the same command" in message

@@ -6,6 +6,7 @@ for `saesteer eval ...`) when imported.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -28,6 +29,20 @@ def main() -> None:
     except KeyboardInterrupt:
         say("interrupted; rerun the same command to continue from the last finished step")
         sys.exit(130)
+    except OSError as e:
+        reason = WRITE_ERRORS.get(e.errno)
+        if reason is None:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        say(f"error: {reason}{where}; make room or choose another --out, then rerun the same command "
+            "to continue from the last finished step")
+        sys.exit(2)
+
+
+# Errors of the machine rather than of saesteer: finished files are intact (every write is atomic).
+WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "the output folder is on a read-only file system",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 
 __all__ = ["app", "main", "typer"]
