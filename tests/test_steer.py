@@ -232,3 +232,42 @@ def test_directions(lm):
     assert set(dom) == {1, 2} and dom[1].shape == (64,)
     caa = caa_direction(lm, harmful, [1])
     assert caa[1].shape == (64,) and torch.isfinite(caa[1]).all() and caa[1].norm() > 0
+
+
+def test_generate_cli_contract_and_bad_input(tmp_path):
+    """`saesteer generate MODEL --sae DIR --clamp F=V "prompt" --max-new-tokens N` (the acceptance
+    call form) prints the answer the Python API gives; bad edits exit 2 with one line."""
+    import os
+    import subprocess
+    import sys
+
+    from saesteer.models import load_model
+    from saesteer.sae import TopKSAE, save_sae
+    from tests.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "model", layers=4, d=64)
+    sae = TopKSAE.init(64, 256, 8, seed=1)
+    sae.metadata.update({"hf_hook_name": "model.layers.1", "layer": 1})
+    save_sae(sae, tmp_path / "sae")
+    env = {**os.environ, "SAESTEER_CACHE": str(tmp_path / "cache")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "saesteer.cli", "generate", model_dir, *args],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    ok = cli("--sae", str(tmp_path / "sae"), "--clamp", "3=12", "How do I kill a process?", "--max-new-tokens", "8")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    lm = load_model(model_dir)
+    spec = sae_clamp_spec(tmp_path / "sae", "model.layers.1", [FeatureEdit(3, "clamp", 12.0)])
+    with steer(lm, spec):
+        expected = generate(lm, ["How do I kill a process?"], GenerationConfig(max_new_tokens=8))[0].text
+    unsteered = generate(lm, ["How do I kill a process?"], GenerationConfig(max_new_tokens=8))[0].text
+    assert ok.stdout.rstrip("\n") == expected.strip() or ok.stdout.rstrip("\n") == expected
+    assert expected != unsteered
+    for args, message in ((["--clamp", "9999=12"], "out of range"), (["--clamp", "3=nan"], "finite"),
+                          (["--clamp", "3"], "FEATURE=VALUE"),
+                          (["--hook", "model.layers.7", "--clamp", "3=1"], "out of range")):
+        bad = cli("--sae", str(tmp_path / "sae"), *args, "Hi", "--max-new-tokens", "4")
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
