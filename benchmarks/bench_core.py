@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import alternate, header, median
+from benchmarks.common import alternate, header, hf_generate, median
 from saesteer.data import load_records
 from saesteer.generate import GenerationConfig, generate
 from saesteer.hooks import base_model, capture, run_until_stopped
@@ -55,11 +55,8 @@ def bench_generation(lm, n_prompts: int, new_tokens: int, repeats: int) -> None:
     def hf_loop():
         total = 0
         for p in prompts:
-            ids = lm.tokenizer(lm.chat(p), add_special_tokens=False, return_tensors="pt")["input_ids"]
-            with torch.inference_mode():
-                out = lm.model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                                        eos_token_id=lm.stop_token_ids, pad_token_id=lm.tokenizer.pad_token_id)
-            total += out.shape[1] - ids.shape[1] - int(out[0, -1].item() in lm.stop_token_ids)
+            new = hf_generate(lm, p, new_tokens)
+            total += len(new) - int(new[-1].item() in lm.stop_token_ids)
         results["hf generate loop"] = total
 
     cases = {"hf generate loop": hf_loop, "ours b1": ours(1), "ours b8": ours(8), "ours b32": ours(32)}

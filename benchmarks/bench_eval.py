@@ -15,9 +15,7 @@ import argparse
 import tempfile
 import time
 
-import torch
-
-from benchmarks.common import header
+from benchmarks.common import header, hf_generate
 from saesteer.data import load_records
 from saesteer.evaluate.judge import get_judge
 from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
@@ -26,14 +24,7 @@ from saesteer.models import load_model
 
 
 def sequential(lm, prompts: list[str], max_new_tokens: int) -> list[str]:
-    texts = []
-    for p in prompts:
-        ids = lm.tokenizer(lm.chat(p), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.inference_mode():
-            out = lm.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=lm.stop_token_ids, pad_token_id=lm.tokenizer.pad_token_id)
-        texts.append(lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    return texts
+    return [lm.tokenizer.decode(hf_generate(lm, p, max_new_tokens), skip_special_tokens=True) for p in prompts]
 
 
 def main() -> None:

@@ -37,3 +37,14 @@ def header(title: str) -> None:
     print(f"# {title}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{platform.processor() or platform.machine()}")
+
+
+def hf_generate(lm, prompt: str, max_new_tokens: int):
+    """The baseline: transformers' own `model.generate` on one chat prompt, greedy; new token ids."""
+    import torch
+
+    ids = lm.tokenizer(lm.chat(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = lm.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=lm.stop_token_ids, pad_token_id=lm.tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:]

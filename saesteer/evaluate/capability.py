@@ -37,8 +37,9 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluate import capability_tasks as fmt
 from saesteer.evaluate.capability_ll import loglikelihoods
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
+from saesteer.evaluate.rundir import previous_run
 from saesteer.evaluate.stats import rate
-from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
@@ -336,22 +337,15 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
     for task, its in items.items():
         if not its:
             raise SaesteerError(f"no items for task {task}")
-    run_path = out / "run.json"
     run_info: dict[str, Any] = {"model": lm.describe(), "spec_hash": spec_hash,
                                 "spec": steering.spec.to_dict() if steering else None,
                                 "settings": config.settings(), "tasks": {}}
-    if run_path.exists():
-        previous = read_json(run_path)
-        for key in ("spec_hash", "settings"):
-            if previous.get(key) != run_info[key]:
-                raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
-                                    "use a new --out or delete the folder")
-        if previous.get("model", {}).get("model_id") != lm.model_id:
-            raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
+    previous = previous_run(out, run_info, lm.model_id)
+    if previous is not None:
         run_info["tasks"] = dict(previous.get("tasks") or {})
     run_info["tasks"].update({task: {"n_items": len(its), "description": TASKS[task]} for task, its in items.items()})
     if shard.is_main:
-        write_json(run_path, run_info)
+        write_json(out / "run.json", run_info)
 
     path = _rows_path(out, shard)
     done = {(row["task"], row["id"]) for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()

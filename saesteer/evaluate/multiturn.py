@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError
+from saesteer.evaluate.rundir import previous_run
 from saesteer.evaluate.stats import rate
-from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, Generation, encode_prompt, generate
 from saesteer.models import ChatModel, Conversation, to_conversation
 from saesteer.steer import Steering, SteeringSpec
@@ -89,18 +90,9 @@ def judge_name(judge: Any) -> str:
 def open_run(out: str | Path, lm: ChatModel, info: dict[str, Any]) -> Path:
     """Create `out`, or check that it holds the same run (same settings, spec and model) to resume."""
     out = ensure_dir(out)
-    run_path = out / "run.json"
     info = {"model": lm.describe(), **info}
-    if run_path.exists():
-        previous = read_json(run_path)
-        for key in ("mode", "spec_hash", "settings"):
-            if previous.get(key) != info.get(key):
-                raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
-                                    "use a new --out or delete the folder")
-        if previous.get("model", {}).get("model_id") != lm.model_id:
-            raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
-    else:
-        write_json(run_path, info)
+    if previous_run(out, info, lm.model_id, keys=("mode", "spec_hash", "settings")) is None:
+        write_json(out / "run.json", info)
     return out
 
 

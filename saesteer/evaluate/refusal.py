@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
+from saesteer.evaluate.rundir import previous_run
 from saesteer.evaluate.stats import rate
-from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
@@ -68,17 +69,8 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
         raise SaesteerError(f"no prompts in {config.datasets}")
     run_info = {"model": lm.describe(), "spec_hash": spec_hash,
                 "spec": steering.spec.to_dict() if steering else None, "settings": config.settings()}
-    run_path = out / "run.json"
-    if run_path.exists():
-        previous = read_json(run_path)
-        for key in ("spec_hash", "settings"):
-            if previous.get(key) != run_info[key]:
-                raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
-                                    "use a new --out or delete the folder")
-        if previous.get("model", {}).get("model_id") != lm.model_id:
-            raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
-    elif shard.is_main:
-        write_json(run_path, run_info)
+    if previous_run(out, run_info, lm.model_id) is None and shard.is_main:
+        write_json(out / "run.json", run_info)
     mine = shard.take(records)
     path = _rows_path(out, shard)
     done = {row["id"] for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
