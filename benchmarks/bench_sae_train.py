@@ -11,7 +11,8 @@ held-out FVU each reaches after the same token budget.
 Each peer uses its own library's training step as its trainer runs it (sparsify: unit-norm
 decoder, parallel-gradient removal, FVU loss, b_dec = batch mean; sae-lens: TopKTrainingSAE,
 MSE loss, fired-latent bookkeeping, grad-norm clipping, its default zero b_dec); saesteer
-uses `saesteer.sae.train` (input scaling, b_dec = geometric median, sparse backward).
+uses `saesteer.sae.train` (input scaling, b_dec = geometric median, encoder = decoder transpose
+scaled to the least-squares fit of the first batch, sparse backward).
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ from saesteer.sae.train import TrainStep, fold_scale, init_sae, make_optimizer, 
 
 
 class Ours:
+    """saesteer's trainer; `options` switch one design choice off for an ablation."""
+
     name = "saesteer"
 
-    def __init__(self, first: torch.Tensor, d_sae: int, k: int, lr: float):
-        self.config = TrainConfig(k=k, d_sae=d_sae, auxk_coef=0.0, lr=lr)
+    def __init__(self, first: torch.Tensor, d_sae: int, k: int, lr: float, **options: str):
+        self.config = TrainConfig(k=k, d_sae=d_sae, auxk_coef=0.0, lr=lr,
+                                  normalize=options.get("normalize", "1") != "0",
+                                  adam_eps=float(options.get("adam_eps", TrainConfig.adam_eps)))
         self.sae, self.scale = init_sae(first, d_sae, self.config)
+        with torch.no_grad():
+            if options.get("b_dec") == "mean":
+                self.sae.b_dec.copy_((first * self.scale).mean(0))
+            if "enc_scale" in options:  # replaces the fitted scale; 1 = Gao et al.'s tied init
+                self.sae.W_enc.copy_(self.sae.W_dec.t() * float(options["enc_scale"]))
         self.step_module = TrainStep(self.sae, self.config)
         self.opt = make_optimizer(list(self.sae.parameters()), self.config, lr)
 
@@ -115,6 +125,16 @@ class SAELens:
 PEERS: dict[str, Callable[..., object]] = {"saesteer": Ours, "sparsify": Sparsify, "sae-lens": SAELens}
 
 
+def make_trainer(spec: str, first: torch.Tensor, d_sae: int, k: int, lr: float) -> object:
+    """`saesteer`, `sparsify`, `sae-lens`, or an ablation like `saesteer:enc_scale=1,b_dec=mean`."""
+    name, _, opts = spec.partition(":")
+    if not opts:
+        return PEERS[name](first, d_sae, k, lr)
+    trainer = Ours(first, d_sae, k, lr, **dict(o.split("=", 1) for o in opts.split(",")))
+    trainer.name = spec
+    return trainer
+
+
 def data(args: argparse.Namespace) -> tuple[Iterator[torch.Tensor], torch.Tensor, str]:
     if args.acts:
         from saesteer.sae.data import ShardSource
@@ -146,7 +166,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None, help="default: saesteer's rule for this width")
     p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--eval-tokens", type=int, default=65_536)
-    p.add_argument("--peers", default="saesteer,sparsify,sae-lens")
+    p.add_argument("--peers", default="saesteer,sparsify,sae-lens",
+                   help="trainers, separated by ';' or ','; ablations of ours: 'saesteer:enc_scale=1' (tied "
+                        "encoder), 'saesteer:normalize=0', 'saesteer:b_dec=mean', 'saesteer:adam_eps=1e-8'")
     args = p.parse_args()
 
     header("Top-k SAE training: tokens/s and FVU after the same budget")
@@ -157,7 +179,8 @@ def main() -> None:
     lr = args.lr or TrainConfig(d_sae=d_sae).learning_rate(d_sae)
     print(f"# data: {what}; d_in {d_in} -> d_sae {d_sae}, k {args.k}, {args.batch_tokens} tokens/step, "
           f"{args.steps} steps, lr {lr:.2e}, AuxK off")
-    trainers = [PEERS[name](first, d_sae, args.k, lr) for name in args.peers.split(",")]
+    specs = args.peers.split(";") if ";" in args.peers else args.peers.split(",")
+    trainers = [make_trainer(spec, first, d_sae, args.k, lr) for spec in specs]
     times: dict[str, list[float]] = {t.name: [] for t in trainers}  # type: ignore[attr-defined]
     x = first
     for step in range(args.steps):
@@ -174,20 +197,21 @@ def main() -> None:
             print(f"  step {step + 1}/{args.steps}: tokens/s {rates}", flush=True)
 
     held_var = float((held - held.mean(0)).pow(2).sum())
-    print(f"\n{'trainer':14s} {'tokens/s':>10s} {'FVU':>8s}")
+    print(f"\n{'trainer':28s} {'tokens/s':>10s} {'FVU':>8s}")
     rate, fvu = {}, {}
     for t in trainers:
         name = t.name  # type: ignore[attr-defined]
         rate[name] = args.batch_tokens / median(times[name])
         err = sum(float((t.reconstruct(c) - c).pow(2).sum()) for c in held.split(4096))  # type: ignore[attr-defined]
         fvu[name] = err / held_var
-        print(f"{name:14s} {rate[name]:10,.0f} {fvu[name]:8.4f}")
+        print(f"{name:28s} {rate[name]:10,.0f} {fvu[name]:8.4f}")
+    peers = {n: r for n, r in rate.items() if not n.startswith("saesteer")}
     if "saesteer" in rate and len(rate) > 1:
-        peers = {n: r for n, r in rate.items() if n != "saesteer"}
-        fastest = max(peers, key=peers.get)  # type: ignore[arg-type]
-        for n in peers:
+        for n in [n for n in rate if n != "saesteer"]:
             print(f"ratio saesteer / {n}: {rate['saesteer'] / rate[n]:.2f}x tokens/s, "
                   f"FVU {fvu['saesteer']:.4f} vs {fvu[n]:.4f}")
+    if "saesteer" in rate and peers:
+        fastest = max(peers, key=peers.get)  # type: ignore[arg-type]
         ok = rate["saesteer"] >= 1.5 * rate[fastest] and fvu["saesteer"] <= fvu[fastest] + 1e-9
         print(f"goal (>= 1.5x the faster peer, {fastest}, with equal or lower FVU): {'met' if ok else 'NOT met'}")
     assert all(math.isfinite(v) for v in fvu.values())

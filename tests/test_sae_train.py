@@ -140,3 +140,23 @@ def test_streaming_from_a_model(tmp_path):
     head = [next(full) for _ in range(7)]
     skipped = source.batches(256, seed=0, skip_batches=5)
     assert torch.equal(next(skipped), head[5]) and torch.equal(next(skipped), head[6])
+
+
+def test_initial_encoder_scale_minimises_the_first_batch_error():
+    from saesteer.sae.synthetic import synthetic_activations
+    from saesteer.sae.train import init_sae
+
+    x = synthetic_activations(2048, 32, n_features=128, active=8, seed=0) * 7.0
+    sae, scale = init_sae(x, 128, TrainConfig(k=8, d_sae=128))
+    xs = x * scale
+    tied = TopKSAE.init(32, 128, 8, seed=0, b_dec=sae.b_dec.detach().clone())
+    assert not torch.allclose(sae.W_enc, tied.W_enc)  # the fit moved the scale away from 1
+    assert torch.allclose(sae.W_enc / sae.W_enc.norm(dim=0), tied.W_enc, atol=1e-5)  # direction: the transpose
+
+    def error(factor):
+        with torch.no_grad():
+            probe = TopKSAE.init(32, 128, 8, seed=0, b_dec=sae.b_dec.detach().clone())
+            probe.W_enc.copy_(sae.W_enc * factor)
+            return float((probe(xs) - xs).pow(2).sum())
+
+    assert error(1.0) < min(error(0.9), error(1.1), error(1.0 / float(sae.W_enc.detach().norm(dim=0).mean())))
