@@ -69,7 +69,7 @@ def report(
     sweep_dir: Annotated[Path, typer.Argument(help="A `saesteer sweep` folder.")],
     out: Annotated[Optional[Path], typer.Option(help="Report folder (default: SWEEP_DIR/report).")] = None,
 ) -> None:
-    """Write the HTML report (and PNG plots) of a sweep."""
+    """Write the HTML report of a sweep, its PNG plots and Markdown tables (tables.md)."""
     from saesteer.report import build_report
 
     path = build_report(sweep_dir, out)

@@ -66,6 +66,25 @@ def _cell(rows: list[dict[str, Any]], run: str | None, metric: str, dataset: str
     return "–"
 
 
+def _column_title(metric: str, dataset: str) -> str:
+    return f"{metric.replace('_', ' ')} ({dataset})"
+
+
+def markdown_tables(rows: list[dict[str, Any]]) -> str:
+    """The paper-layout table and every run, as Markdown (to paste into notes or docs)."""
+    columns = _metric_columns(rows)
+    head = [_column_title(m, d) for m, d in columns]
+
+    def table(header: list[str], body: list[list[str]]) -> str:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
+
+    layout = [[label, run or "–", *[_cell(rows, run, m, d) for m, d in columns]] for label, run in paper_table(rows)]
+    every = [[n, *[_cell(rows, n, m, d) for m, d in columns]] for n in sorted({r["name"] for r in rows})]
+    return ("## The paper's layout\n\n" + table(["setting", "run", *head], layout)
+            + "\n## Every run\n\n" + table(["run", *head], every))
+
+
 def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / "results.jsonl"
@@ -80,7 +99,7 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     pareto_png = pareto_plot(rows, out / "pareto.png")
     table_rows = paper_table(rows)
     columns = _metric_columns(rows)
-    header = ["setting", "run"] + [f"{m.replace('_', ' ')} ({d})" for m, d in columns]
+    header = ["setting", "run"] + [_column_title(m, d) for m, d in columns]
     body_rows = [[label, run or "–", *[_cell(rows, run, m, d) for m, d in columns]] for label, run in table_rows]
     info = read_json(sweep_dir / "sweep.json") if (sweep_dir / "sweep.json").exists() else {}
     paper_rows = [[k, *[f"{v:.1f}%" for v in row.values()]] for k, row in PAPER.items()]
@@ -97,8 +116,9 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
         "<h2>Safety / over-refusal / capability</h2>", H.embed_png(pareto_png),
         "<h2>The paper (Phi-3 Mini, feature 22373), for comparison</h2>",
         H.table(["setting", *PAPER["none"].keys()], paper_rows),
-        "<h2>Every run</h2>", H.table(["run", *[f"{m} ({d})" for m, d in columns]], run_rows),
+        "<h2>Every run</h2>", H.table(["run", *[_column_title(m, d) for m, d in columns]], run_rows),
     ]))
+    write_text(out / "tables.md", markdown_tables(rows))
     path = out / "report.html"
     write_text(path, html)
     return path
