@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from saesteer.errors import SaesteerError
 from saesteer.generate import CONTENT, GENERATED, TEMPLATE, GenerationConfig, forward_info, generate

@@ -7,7 +7,7 @@ import torch
 from saesteer.errors import SaesteerError
 from saesteer.generate import GenerationConfig, generate
 from saesteer.hooks import hook_point
-from saesteer.steer import (ConditionSpec, FeatureEdit, FileRef, InterventionSpec, Steering, SteeringSpec,
+from saesteer.steer import (ConditionSpec, FeatureEdit, FileRef, Steering, SteeringSpec,
                             sae_clamp_spec, steer)
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.directions import caa_direction, diff_of_means, mean_residuals, save_vectors
@@ -116,7 +116,7 @@ def first_logits(lm, prompt, spec=None):
     def grab(rows, text):
         return True
 
-    from saesteer.generate import ForwardInfo, PAD, CONTENT, forward_context
+    from saesteer.generate import ForwardInfo, CONTENT, forward_context
 
     with steer(lm, spec), torch.no_grad():
         info = ForwardInfo(roles=torch.full_like(ids, CONTENT), rows=torch.tensor([0]), prefill=True)
