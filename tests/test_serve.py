@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -79,10 +80,21 @@ def client(lm, registry):
         yield c
 
 
+_REFERENCE_COPIES: dict[int, object] = {}
+
+
 def reference(lm, prompt, spec=None, max_tokens=8) -> str:
-    """What the Python API answers alone (greedy), with `spec` active."""
-    with steer(lm, spec):
-        return generate(lm, [prompt], GenerationConfig(max_new_tokens=max_tokens))[0].text
+    """What the Python API answers alone (greedy), with `spec` active.
+
+    It runs on a private copy of the model: the server's worker thread may still be leaving its
+    steering context after the last row of a batch is delivered, and steering hooks installed on
+    the shared model from this thread at that moment would leak into the server's next request.
+    """
+    if id(lm) not in _REFERENCE_COPIES:
+        _REFERENCE_COPIES[id(lm)] = copy.deepcopy(lm)
+    ref = _REFERENCE_COPIES[id(lm)]
+    with steer(ref, spec):
+        return generate(ref, [prompt], GenerationConfig(max_new_tokens=max_tokens))[0].text
 
 
 def chat(prompt, model="tiny", max_tokens=8, **extra) -> dict:
