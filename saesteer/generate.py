@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 from saesteer.errors import SaesteerError
 from saesteer.models import ChatModel, PromptLike
 
-# Token roles seen by steering hooks.
-PAD, TEMPLATE, CONTENT, GENERATED = 0, 1, 2, 3
+# Token roles seen by steering hooks. HISTORY: the earlier turns of a conversation (their text and
+# scaffolding); CONTENT is then the last turn's text.
+PAD, TEMPLATE, CONTENT, GENERATED, HISTORY = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -31,7 +32,8 @@ class ForwardInfo:
     """What the current forward pass holds, for hooks that act per token or per row."""
 
     roles: torch.Tensor
-    """[batch, seq] int: PAD, TEMPLATE (chat scaffolding), CONTENT (prompt text) or GENERATED."""
+    """[batch, seq] int: PAD, TEMPLATE (chat scaffolding), CONTENT (prompt text, the last turn's
+    in a conversation), HISTORY (a conversation's earlier turns) or GENERATED."""
     rows: torch.Tensor
     """[batch] index of each row in the caller's list of prompts (stable while rows finish)."""
     prefill: bool
@@ -131,13 +133,26 @@ def encode_prompt(lm: ChatModel, prompt: PromptLike, *, chat: bool = True,
     return lm.tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
-def prompt_roles(lm: ChatModel, length: int, *, chat: bool) -> list[int]:
+def prompt_roles(lm: ChatModel, length: int, *, chat: bool, last_turn: int | None = None) -> list[int]:
+    """Roles of a prompt's tokens; `last_turn` (tokens of the final message's text, from
+    `last_turn_tokens`) splits a conversation's content into HISTORY and CONTENT."""
     if not chat:
         return [CONTENT] * length
     prefix, suffix = chat_template_spans(lm)
     prefix = min(prefix, length)
     suffix = min(suffix, length - prefix)
-    return [TEMPLATE] * prefix + [CONTENT] * (length - prefix - suffix) + [TEMPLATE] * suffix
+    content = length - prefix - suffix
+    history = content - last_turn if last_turn is not None and 0 < last_turn < content else 0
+    return [TEMPLATE] * prefix + [HISTORY] * history + [CONTENT] * (content - history) + [TEMPLATE] * suffix
+
+
+def last_turn_tokens(lm: ChatModel, prompt: PromptLike, ids: list[int], system: str | None = None) -> int | None:
+    """Tokens of the final user message's text in an encoded multi-message prompt (None for a
+    single message): the length difference to the same conversation with that text emptied."""
+    if isinstance(prompt, str) or len(prompt) < 2 or prompt[-1].get("role") != "user":
+        return None
+    emptied = [*prompt[:-1], {**prompt[-1], "content": ""}]
+    return len(ids) - len(encode_prompt(lm, emptied, chat=True, system=system))
 
 
 @torch.inference_mode()
@@ -164,6 +179,7 @@ def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationCon
     """
     config = config or GenerationConfig()
     encoded = [encode_prompt(lm, p, chat=chat, system=config.system) for p in prompts]
+    last_turns = [last_turn_tokens(lm, p, ids, config.system) if chat else None for p, ids in zip(prompts, encoded)]
     limit = lm.context_length
     for i, ids in enumerate(encoded):
         if not ids:
@@ -179,7 +195,7 @@ def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationCon
     for start in range(0, len(order), config.batch_size):
         rows = order[start:start + config.batch_size]
         batch = [encoded[r] for r in rows]
-        roles = [prompt_roles(lm, len(ids), chat=chat) for ids in batch]
+        roles = [prompt_roles(lm, len(encoded[r]), chat=chat, last_turn=last_turns[r]) for r in rows]
         gens = _generate_batch(lm, batch, roles, rows, config, should_stop, on_token, on_finish)
         for row, gen in zip(rows, gens):
             results[row] = gen

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from saesteer.errors import SaesteerError
 from saesteer.generate import CONTENT, GENERATED, TEMPLATE, GenerationConfig, forward_info, generate
@@ -77,3 +78,37 @@ def test_without_kv_cache_gives_the_same_tokens(tiny_llama):
     cached = generate(tiny_llama, PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=4))
     uncached = generate(tiny_llama, PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=4, use_cache=False))
     assert [g.token_ids for g in cached] == [g.token_ids for g in uncached]
+
+
+def test_a_conversations_earlier_turns_are_history_and_its_last_message_is_content(tiny_llama):
+    from saesteer.generate import HISTORY
+    from saesteer.steer.conditions import content_mask
+
+    lm = tiny_llama
+    conversation = PROMPTS[3]
+    seen = []
+
+    def record(_module, _inputs, _output):
+        info = forward_info()
+        if info.prefill:
+            seen.append(info.roles.clone())
+
+    with forward_hooks([(hook_point(lm.model, "0").module, record)]):
+        generate(lm, [conversation, "Hi"], GenerationConfig(max_new_tokens=2, batch_size=2))
+    roles = seen[0]
+    ids = lm.tokenizer(lm.chat(conversation), add_special_tokens=False)["input_ids"]
+    row = roles[0, -len(ids):].tolist()
+    first, last = row.index(HISTORY), len(row) - 1 - row[::-1].index(HISTORY)
+    assert set(row[first:last + 1]) == {HISTORY} and row[:first] == [TEMPLATE] * first
+    assert lm.tokenizer.decode([t for t, r in zip(ids, row) if r == CONTENT]).strip() == "more please"
+    assert HISTORY not in roles[1].tolist()  # a single message has no history
+    assert roles[1].tolist().count(CONTENT) > 0
+
+    from saesteer.generate import ForwardInfo, forward_context
+
+    info = ForwardInfo(roles=roles, rows=torch.arange(2), prefill=True)
+    with forward_context(info):
+        whole = content_mask(2, roles.shape[1], roles.device)
+        last_turn = content_mask(2, roles.shape[1], roles.device, "last_turn")
+    assert whole[0].sum() > last_turn[0].sum() > 0
+    assert torch.equal(whole[1], last_turn[1])

@@ -12,6 +12,7 @@ RUNS = {  # name: (method, strength, unsafe refusal, safe over-refusal, mmlu)
     "sae_clamp-206-106": ("sae_clamp", 106, 0.30, 0.15, 0.10),
     "sae_clamp-206-159": ("sae_clamp", 159, 0.60, 0.55, 0.00),
     "conditional_sae_clamp-206-159": ("conditional_sae_clamp", 159, 0.40, 0.02, 0.30),
+    "conditional_sae_clamp-206-159-last_turn": ("conditional_sae_clamp", 159, 0.40, 0.02, 0.32),
     "caa-L9-1": ("caa", 1, 0.50, 0.20, 0.30),
     "caa-L9-2": ("caa", 2, 0.90, 0.70, 0.25),
 }
@@ -34,7 +35,7 @@ def test_paper_layout_picks_balanced_and_max_safety_clamps():
     assert picks["none"] == "none"
     assert picks["clamp, balanced (like 10)"] == "sae_clamp-206-106"  # 0.30 - 0.15 beats 0.60 - 0.55
     assert picks["clamp, max safety (like 12)"] == "sae_clamp-206-159"
-    assert picks["conditional clamp"] == "conditional_sae_clamp-206-159"
+    assert picks["conditional clamp"] == "conditional_sae_clamp-206-159-last_turn"  # same balance, more capability
     assert picks["caa (best balance)"] == "caa-L9-1"  # 0.50 - 0.20 beats 0.90 - 0.70
 
 

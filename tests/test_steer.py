@@ -7,7 +7,7 @@ import torch
 from saesteer.errors import SaesteerError
 from saesteer.generate import GenerationConfig, generate
 from saesteer.hooks import hook_point
-from saesteer.steer import (ConditionSpec, FeatureEdit, FileRef, Steering, SteeringSpec,
+from saesteer.steer import (ConditionSpec, FeatureEdit, FileRef, InterventionSpec, Steering, SteeringSpec,
                             sae_clamp_spec, steer)
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.directions import caa_direction, diff_of_means, mean_residuals, save_vectors
@@ -177,6 +177,21 @@ def test_multi_turn_conversations_are_re_decided_each_turn(lm, sae_dir, tmp_path
         assert steering.gate.decisions[0] is True
 
 
+def test_last_turn_scope_ignores_a_trigger_in_earlier_turns(lm, sae_dir, tmp_path):
+    spec = _conditional_spec(lm, tmp_path, sae_dir, 1)
+    earlier_trigger = [{"role": "user", "content": PROMPTS[1]}, {"role": "assistant", "content": "ok"},
+                       {"role": "user", "content": PROMPTS[0]}]
+    decisions = {}
+    for scope in ("prompt", "last_turn"):
+        spec.condition.scope = scope
+        steering = Steering(lm, spec)
+        with steering.active():
+            generate(lm, [earlier_trigger, PROMPTS[1]], GenerationConfig(max_new_tokens=2, batch_size=2))
+        decisions[scope] = dict(steering.gate.decisions)
+    assert decisions["prompt"] == {0: True, 1: True}  # max pooling over the whole prompt sees turn 1
+    assert decisions["last_turn"] == {0: False, 1: True}  # only the final message decides
+
+
 def test_threshold_for_fpr():
     neg = torch.arange(100).float()
     t = threshold_for_fpr(neg, 0.05)
@@ -271,3 +286,15 @@ def test_generate_cli_contract_and_bad_input(tmp_path):
         assert bad.returncode == 2, (args, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_condition_scope_round_trips_and_leaves_older_spec_hashes_alone(tmp_path):
+    base = dict(detector="direction", hook="model.layers.1", threshold=0.5, vector=FileRef(str(tmp_path / "v.safetensors")))
+    add = [InterventionSpec(hook="model.layers.1", vector=FileRef(str(tmp_path / "v.safetensors")), op="add", value=1.0)]
+    plain = SteeringSpec(interventions=add, condition=ConditionSpec(**base))
+    assert "scope" not in plain.to_dict()["condition"]  # specs written before scopes keep their hash
+    scoped = SteeringSpec(interventions=add, condition=ConditionSpec(**base, scope="last_turn"))
+    again = SteeringSpec.load(scoped.save(tmp_path / "s.yaml"))
+    assert again.condition.scope == "last_turn" and again.hash() == scoped.hash() != plain.hash()
+    with pytest.raises(SaesteerError, match="unknown condition scope"):
+        ConditionSpec(**base, scope="everything")

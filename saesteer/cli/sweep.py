@@ -31,6 +31,7 @@ def sweep(
     values: Annotated[Optional[str], typer.Option(help="Clamp values (default: 0.5, 1, 1.5 x discovery's best).")] = None,
     strengths: Annotated[str, typer.Option(help="Multiples of the dense directions.")] = "0.5,1,2",
     direction_layer: Annotated[Optional[int], typer.Option(help="Layer of the dense baselines (default: the SAE's).")] = None,
+    condition_scope: Annotated[Optional[str], typer.Option(help="Conditional clamp's detector reads the whole prompt (discovery's choice) or only the last_turn (few-shot and earlier turns ignored).")] = None,
     dataset: Annotated[str, typer.Option(help="Refusal datasets (safe + unsafe labels).")] = "bundled",
     limit: Annotated[Optional[int], typer.Option(help="Prompts per refusal dataset.")] = None,
     tasks: Annotated[str, typer.Option(help="Capability tasks ('' for none).")] = "mmlu_ll,truthfulqa_mc2",
@@ -55,7 +56,7 @@ def sweep(
         discovery=str(discovery) if discovery else None, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         features=tuple(int(f) for f in _floats(features, "--features")), clamp_values=_floats(values, "--values"),
         direction_strengths=_floats(strengths, "--strengths"), direction_layer=direction_layer,
-        refusal_datasets=dataset, refusal_limit=limit, capability_tasks=tasks, capability_limit=capability_limit,
+        condition_scope=condition_scope, refusal_datasets=dataset, refusal_limit=limit, capability_tasks=tasks, capability_limit=capability_limit,
         max_new_tokens=max_new_tokens, judge=judge, seed=seed,
         harmful_train=harmful_train or ("harmful_train" if local else "bundled:harmful"),
         harmless_train=harmless_train or ("harmless_train" if local else "bundled:harmless"))

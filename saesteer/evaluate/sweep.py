@@ -38,6 +38,8 @@ class SweepConfig:
     """Clamp values (default: 0.5, 1 and 1.5 x the discovery's best value)."""
     direction_layer: int | None = None
     """Layer of the dense baselines (default: the SAE's layer)."""
+    condition_scope: str | None = None
+    """Override of the conditional clamp detector's scope: "prompt" or "last_turn"."""
     direction_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
     """Multiples of each dense direction that are added."""
     direction_prompts: int = 64
@@ -59,6 +61,8 @@ class SweepConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise SaesteerError(f"unknown sweep method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
+        if self.condition_scope not in (None, "prompt", "last_turn"):
+            raise SaesteerError(f"unknown --condition-scope {self.condition_scope!r}; use prompt or last_turn")
 
 
 @dataclass
@@ -89,6 +93,10 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
         features = config.features or (best["feature"],)
         values = config.clamp_values or tuple(round(best["best_value"] * m, 3) for m in (0.5, 1.0, 1.5))
         conditional = SteeringSpec.load(Path(config.discovery) / "conditional.yaml")
+        scoped = ""
+        if config.condition_scope and conditional.condition is not None:
+            conditional.condition.scope = config.condition_scope
+            scoped = f"-{config.condition_scope}"
         for f in features:
             for v in values:
                 interventions = [InterventionSpec(hook=hook, sae=sae_ref, features=[FeatureEdit(f, "clamp", v)])]
@@ -97,7 +105,7 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
                     grid.append(GridPoint(spec.name, "sae_clamp", v, f, None, spec))
                 if "conditional_sae_clamp" in config.methods:
                     spec = SteeringSpec(interventions=interventions, condition=conditional.condition,
-                                        name=f"conditional_sae_clamp-{f}-{v:g}", model=model)
+                                        name=f"conditional_sae_clamp-{f}-{v:g}{scoped}", model=model)
                     grid.append(GridPoint(spec.name, "conditional_sae_clamp", v, f, None, spec))
     dense = [m for m in ("refusal_direction", "caa") if m in config.methods]
     if dense:

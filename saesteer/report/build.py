@@ -22,8 +22,10 @@ PAPER = {  # O'Brien et al., Phi-3 Mini, feature 22373 (Tables 1, 2, 8)
 }
 
 
-def _score(run: dict[str, Any]) -> float:
-    return run.get("unsafe_refusal", (0,))[0] - run.get("safe_over_refusal", (0,))[0]
+def _score(run: dict[str, Any]) -> tuple[float, float]:
+    """Balance: unsafe refusal minus over-refusal, ties broken by mean capability."""
+    return (run.get("unsafe_refusal", (0,))[0] - run.get("safe_over_refusal", (0,))[0],
+            run.get("capability", (0,))[0])
 
 
 def paper_table(rows: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -37,7 +39,7 @@ def paper_table(rows: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     if clamps:
         pick.append(("clamp, balanced (like 10)", max(clamps, key=lambda n: _score(clamps[n]))))
         pick.append(("clamp, max safety (like 12)", max(clamps, key=lambda n: (clamps[n]["unsafe_refusal"][0],
-                                                                                 _score(clamps[n])))))
+                                                                                 *_score(clamps[n])))))
     conds = {n: r for n, r in runs.items() if r["method"] == "conditional_sae_clamp" and "unsafe_refusal" in r}
     if conds:
         pick.append(("conditional clamp", max(conds, key=lambda n: _score(conds[n]))))

@@ -2,9 +2,10 @@
 
 A detector scores each prompt token at one hook point (an SAE latent's activation, a linear
 probe, or the cosine with a condition direction as in CAST), pools the scores over the
-prompt's content tokens (chat scaffolding excluded) and compares with a threshold chosen on a
-validation split. Every row decides for itself, at every prefill, so a multi-turn
-conversation is re-decided each turn.
+prompt's content tokens (chat scaffolding excluded; with `scope="last_turn"` only the final
+user message's text, so that few-shot or earlier turns do not trigger it) and compares with a
+threshold chosen on a validation split. Every row decides for itself, at every prefill, so a
+multi-turn conversation is re-decided each turn.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import torch
 from torch import nn
 
 from saesteer.errors import SaesteerError
-from saesteer.generate import CONTENT, forward_info
+from saesteer.generate import CONTENT, HISTORY, forward_info
 from saesteer.hooks import HookPoint, StopForward, base_model, forward_hooks, output_tensor
 from saesteer.steer.interventions import steering_paused_context
 
 Pooling = Literal["max", "mean", "last"]
 POOLINGS = ("max", "mean", "last")
+Scope = Literal["prompt", "last_turn"]
+SCOPES = ("prompt", "last_turn")
 
 
 class Detector:
@@ -91,10 +94,14 @@ class Condition:
     threshold: float
     pooling: Pooling = "max"
     direction: Literal["above", "below"] = "above"
+    scope: Scope = "prompt"
+    """Tokens read: the whole prompt's text, or only the final user message's."""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise SaesteerError(f"unknown pooling {self.pooling!r}; use {', '.join(POOLINGS)}")
+        if self.scope not in SCOPES:
+            raise SaesteerError(f"unknown condition scope {self.scope!r}; use {', '.join(SCOPES)}")
 
     def pooled_scores(self, hidden: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
         b, t, d = hidden.shape
@@ -105,12 +112,14 @@ class Condition:
         return pooled > self.threshold if self.direction == "above" else pooled < self.threshold
 
 
-def content_mask(batch: int, seq: int, device: torch.device) -> torch.Tensor:
-    """Tokens a detector reads: the prompt's content (chat scaffolding and padding excluded)."""
+def content_mask(batch: int, seq: int, device: torch.device, scope: Scope = "prompt") -> torch.Tensor:
+    """Tokens a detector reads: the prompt's content (chat scaffolding and padding excluded), or
+    with `scope="last_turn"` the final message's text only."""
     info = forward_info()
     if info is None:
         return torch.ones(batch, seq, dtype=torch.bool, device=device)
-    mask = info.roles[:, -seq:] == CONTENT
+    roles = info.roles[:, -seq:]
+    mask = roles == CONTENT if scope == "last_turn" else (roles == CONTENT) | (roles == HISTORY)
     # A prompt without recognisable content (raw text) is read whole.
     empty = ~mask.any(dim=1)
     if empty.any():
@@ -130,7 +139,7 @@ class ConditionGate:
 
     def record(self, hidden: torch.Tensor) -> None:
         b, t, _ = hidden.shape
-        pooled = self.condition.pooled_scores(hidden, content_mask(b, t, hidden.device))
+        pooled = self.condition.pooled_scores(hidden, content_mask(b, t, hidden.device, self.condition.scope))
         decided = self.condition.decide(pooled)
         self.last_pooled = pooled
         info = forward_info()

@@ -110,7 +110,8 @@ class Steering:
                 detector = ProbeDetector(load_vector(spec, c.vector, lm.d_model), c.bias)
             else:
                 detector = DirectionDetector(load_vector(spec, c.vector, lm.d_model))
-            self.gate = ConditionGate(Condition(point, detector, c.threshold, c.pooling, c.direction))  # type: ignore[arg-type]
+            self.gate = ConditionGate(Condition(point, detector, c.threshold, c.pooling, c.direction,  # type: ignore[arg-type]
+                                                c.scope or "prompt"))  # type: ignore[arg-type]
 
     @property
     def hash(self) -> str:

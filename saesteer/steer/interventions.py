@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from saesteer.errors import SaesteerError
-from saesteer.generate import CONTENT, GENERATED, TEMPLATE, forward_info
+from saesteer.generate import CONTENT, GENERATED, HISTORY, TEMPLATE, forward_info
 from saesteer.hooks import HookPoint, forward_hooks, output_tensor, replace_output
 
 FeatureOp = Literal["clamp", "add", "scale", "ablate"]
@@ -129,7 +129,7 @@ def position_mask(positions: Positions, batch: int, seq: int, device: torch.devi
         return None if positions == "prompt" else torch.zeros(batch, seq, dtype=torch.bool, device=device)
     roles = info.roles[:, -seq:]
     if positions == "prompt":
-        return (roles == TEMPLATE) | (roles == CONTENT)
+        return (roles == TEMPLATE) | (roles == CONTENT) | (roles == HISTORY)
     return roles == GENERATED
 
 

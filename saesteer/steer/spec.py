@@ -17,7 +17,8 @@
       hook: model.layers.12
       sae: {path: ../sae}
       feature: 77
-      pooling: max
+      pooling: max                      # max | mean | last
+      scope: last_turn                  # optional: read only the final user message (default: whole prompt)
       threshold: 3.1
 
 Relative paths are resolved against the spec file's folder. Discovery writes specs; generate,
@@ -83,8 +84,12 @@ class ConditionSpec:
     direction: str = "above"
     calibration: dict[str, Any] = field(default_factory=dict)
     """How the threshold was chosen (target false-positive rate, validation set, scores)."""
+    scope: str | None = None
+    """None or "prompt": read the whole prompt's text; "last_turn": only the final user message's."""
 
     def __post_init__(self) -> None:
+        if self.scope not in (None, "prompt", "last_turn"):
+            raise SaesteerError(f"unknown condition scope {self.scope!r}; use prompt or last_turn")
         if self.detector not in ("sae_feature", "probe", "direction"):
             raise SaesteerError(f"unknown detector {self.detector!r}; use sae_feature, probe or direction")
         if self.detector == "sae_feature" and (self.sae is None or self.feature is None):
@@ -200,7 +205,8 @@ def _condition(d: dict[str, Any]) -> ConditionSpec:
                          pooling=d.get("pooling", "max"), sae=_ref(d.get("sae")),
                          feature=int(d["feature"]) if d.get("feature") is not None else None,
                          vector=_ref(d.get("vector")), bias=float(d.get("bias", 0.0)),
-                         direction=d.get("direction", "above"), calibration=dict(d.get("calibration") or {}))
+                         direction=d.get("direction", "above"), calibration=dict(d.get("calibration") or {}),
+                         scope=d.get("scope"))
 
 
 def sae_clamp_spec(sae_dir: str | Path, hook: str, edits: list[FeatureEdit], *, positions: str = "all",
