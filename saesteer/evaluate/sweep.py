@@ -22,6 +22,7 @@ from saesteer.errors import SaesteerError
 from saesteer.files import ensure_dir, read_json, write_json, write_text
 from saesteer.models import ChatModel
 from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+from saesteer.steer.conditions import SCOPES
 from saesteer.steer.directions import caa_direction, diff_of_means, save_vectors
 
 METHODS = ("none", "sae_clamp", "conditional_sae_clamp", "refusal_direction", "caa")
@@ -61,8 +62,8 @@ class SweepConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise SaesteerError(f"unknown sweep method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
-        if self.condition_scope not in (None, "prompt", "last_turn"):
-            raise SaesteerError(f"unknown --condition-scope {self.condition_scope!r}; use prompt or last_turn")
+        if self.condition_scope is not None and self.condition_scope not in SCOPES:
+            raise SaesteerError(f"unknown --condition-scope {self.condition_scope!r}; use {' or '.join(SCOPES)}")
 
 
 @dataclass

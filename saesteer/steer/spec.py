@@ -36,6 +36,7 @@ import yaml
 
 from saesteer.errors import SaesteerError
 from saesteer.files import sha256_json, write_text
+from saesteer.steer.conditions import SCOPES
 from saesteer.steer.interventions import POSITIONS, FeatureEdit
 
 SPEC_VERSION = 1
@@ -88,8 +89,8 @@ class ConditionSpec:
     """None or "prompt": read the whole prompt's text; "last_turn": only the final user message's."""
 
     def __post_init__(self) -> None:
-        if self.scope not in (None, "prompt", "last_turn"):
-            raise SaesteerError(f"unknown condition scope {self.scope!r}; use prompt or last_turn")
+        if self.scope is not None and self.scope not in SCOPES:
+            raise SaesteerError(f"unknown condition scope {self.scope!r}; use {' or '.join(SCOPES)}")
         if self.detector not in ("sae_feature", "probe", "direction"):
             raise SaesteerError(f"unknown detector {self.detector!r}; use sae_feature, probe or direction")
         if self.detector == "sae_feature" and (self.sae is None or self.feature is None):
