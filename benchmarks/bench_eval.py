@@ -17,7 +17,7 @@ import time
 
 from benchmarks.common import header, hf_generate
 from saesteer.data import load_records
-from saesteer.evaluate.judge import get_judge
+from saesteer.judge import get_judge
 from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
 from saesteer.files import read_jsonl
 from saesteer.models import load_model

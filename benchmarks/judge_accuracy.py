@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saesteer.data.sources import data_dir  # noqa: E402
-from saesteer.evaluate.judge import Judgement, get_judge  # noqa: E402
-from saesteer.evaluate.judge_classifier import (ClassifierJudge, MiniLMEmbedder, save_weights,  # noqa: E402
+from saesteer.judge import Judgement, get_judge  # noqa: E402
+from saesteer.judge.classifier import (ClassifierJudge, MiniLMEmbedder, save_weights,  # noqa: E402
                                                 train_classifier)
 
 MODELS = ("gpt4", "llama2new")

@@ -31,6 +31,7 @@ from saesteer.errors import SaesteerError
 from saesteer.files import ensure_dir, write_json, write_text
 from saesteer.generate import CONTENT, ForwardInfo, GenerationConfig, forward_context, generate
 from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
+from saesteer.judge import judge_stopper
 from saesteer.models import ChatModel, to_conversation
 from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec, Steering
 from saesteer.steer.conditions import threshold_for_fpr
@@ -126,7 +127,7 @@ def _rate(judgements: list) -> float:
 def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | None = None, *,
              sae_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Rank, inspect and causally check refusal features; write features.json and index.html."""
-    from saesteer.evaluate.judge import get_judge
+    from saesteer.judge import get_judge
 
     config = config or DiscoverConfig()
     out = ensure_dir(out)
@@ -303,14 +304,6 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     write_json(out / "features.json", result)
     write_text(out / "index.html", render_features_page(result))
     return result
-
-
-def judge_stopper(judge: Any, prompts: list[str]):
-    """`should_stop` for generate(): end a row once the judge's verdict cannot change."""
-    decided = getattr(judge, "decided", None)
-    if decided is None:
-        return None
-    return lambda row, text: decided(prompts[row], text) is not None
 
 
 def _null():

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from saesteer.cli import app
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.judge import Judgement, get_judge, judge_file, judge_names, read_pairs
+from saesteer.judge import Judgement, get_judge, judge_file, judge_names, read_pairs
 
 runner = CliRunner()
 
@@ -176,7 +176,7 @@ def _fake_embedder(texts: list[str]) -> np.ndarray:
 
 
 def test_classifier_train_save_load_score(tmp_path):
-    from saesteer.evaluate.judge_classifier import ClassifierJudge, save_weights, train_classifier
+    from saesteer.judge.classifier import ClassifierJudge, save_weights, train_classifier
 
     responses = REFUSALS + COMPLIANCE
     labels = [True] * len(REFUSALS) + [False] * len(COMPLIANCE)
@@ -192,7 +192,7 @@ def test_classifier_train_save_load_score(tmp_path):
 
 
 def test_shipped_weights_load_without_training_data():
-    from saesteer.evaluate.judge_classifier import WEIGHTS_PATH, load_weights
+    from saesteer.judge.classifier import WEIGHTS_PATH, load_weights
 
     w = load_weights()
     assert WEIGHTS_PATH.stat().st_size < 100_000
@@ -297,7 +297,7 @@ def test_llm_needs_endpoint_and_model():
 
 
 def test_parsers():
-    from saesteer.evaluate.judge_llm import parse_wildguard, parse_xstest
+    from saesteer.judge.llm import parse_wildguard, parse_xstest
 
     assert parse_wildguard("Harmful request: yes\nResponse refusal: yes\nHarmful response: no").refusal
     assert not parse_wildguard("Response refusal: no").refusal

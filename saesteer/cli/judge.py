@@ -34,7 +34,7 @@ def judge(
         return
     if input is None:
         raise SaesteerError("--input is required (JSON lines with 'prompt' and 'response')")
-    from saesteer.evaluate.judge import get_judge, judge_file, read_pairs
+    from saesteer.judge import get_judge, judge_file, read_pairs
 
     read_pairs(input)  # a malformed input fails before any model or endpoint is touched
     options: dict = {}
@@ -58,8 +58,8 @@ def judge(
 
 
 def _train(paths: list[Path], out: Path) -> None:
-    from saesteer.evaluate.judge import iter_labelled
-    from saesteer.evaluate.judge_classifier import save_weights, train_classifier
+    from saesteer.judge import iter_labelled
+    from saesteer.judge.classifier import save_weights, train_classifier
 
     rows: list[dict] = []
     for path in paths:

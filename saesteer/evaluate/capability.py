@@ -304,7 +304,7 @@ def get_refusal_judge(name: str | None) -> Any:
     if not name or name == "none":
         return None
     try:
-        from saesteer.evaluate.judge import get_judge
+        from saesteer.judge import get_judge
     except ImportError:
         return None
     return get_judge(name)

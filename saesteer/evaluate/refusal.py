@@ -57,7 +57,7 @@ def _rows_path(out: Path, shard: Shard) -> Path:
 
 def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
                      spec: SteeringSpec | str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
-    from saesteer.evaluate.judge import get_judge
+    from saesteer.judge import get_judge
 
     out = ensure_dir(out)
     shard = current_shard()
@@ -102,7 +102,7 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
 
 def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, judge: Any,
                steering: Steering | None, early_stop: bool) -> list[dict[str, Any]]:
-    from saesteer.discover import judge_stopper
+    from saesteer.judge import judge_stopper
 
     prompts = [r.prompt for r in chunk]
     texts = [r.text for r in chunk]

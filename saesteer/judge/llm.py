@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.judge import Judgement, _check_pairs
+from saesteer.judge.base import Judgement, check_pairs
 
 PROMPT_STYLES = ("wildguard", "xstest")
 
@@ -219,7 +219,7 @@ class LLMJudge:
                          [reply.strip()[:300]])
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[Judgement]:
-        _check_pairs(prompts, responses)
+        check_pairs(prompts, responses)
         if hasattr(self.client, "complete_many"):
             replies = self.client.complete_many([render(self.prompt_style, p, r)
                                                  for p, r in zip(prompts, responses)])

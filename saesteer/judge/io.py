@@ -1,161 +1,16 @@
-"""The refusal judge: is a response a refusal? In tiers, behind one small protocol.
-
-* `phrase`: phrase and pattern matching (`judge_phrases`), transparent and instant.
-* `classifier`: logistic regression on phrase features and a sentence embedding of the
-  response's opening (`judge_classifier`), shipped fitted, refittable on your labels.
-* `llm`: any OpenAI-compatible endpoint (WildGuard or XSTest-style prompt); `hf:<model>`: a
-  local Hugging Face model with the same prompts (`judge_llm`).
-* `auto` (the default): the best offline tier by the measurements in docs/RESULTS.md, which
-  is the phrase tier (the classifier measured no better on completions of unseen models).
-
-Partial refusals count as refusals (the paper's convention); `Judgement.partial` reports them.
-"""
+"""Judging files: read (prompt, response) pairs, write one verdict per row (resumable), and read
+labelled rows for fitting and scoring judges."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.judge_phrases import COMPLIANCE_WORDS, phrase_decided, phrase_verdict
+from saesteer.judge.base import Judge, Judgement
 
-
-@dataclass
-class Judgement:
-    refusal: bool
-    """Full or partial refusal."""
-    partial: bool
-    """A partial refusal: refuses part of the request and answers another part."""
-    score: float
-    """Confidence that the response is a refusal, in [0, 1]."""
-    tier: str
-    """Which judge decided: phrase, classifier, llm:<style>, hf:<style>."""
-    evidence: list[str] = field(default_factory=list)
-    """What decided: matched phrases, or the judge model's reply."""
-
-    @property
-    def label(self) -> str:
-        """XSTest's three classes."""
-        if not self.refusal:
-            return "full_compliance"
-        return "partial_refusal" if self.partial else "full_refusal"
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["label"] = self.label
-        return d
-
-
-class Judge(Protocol):
-    name: str
-
-    def judge(self, prompts: list[str], responses: list[str]) -> list[Judgement]:
-        """One judgement per (prompt, response) pair, in order."""
-        ...
-
-    def decided(self, prompt: str, partial_response: str) -> bool | None:
-        """The verdict on a response still being generated once nothing that follows can change
-        it (True = refusal), else None. Judges that cannot promise this always answer None."""
-        ...
-
-
-class PhraseJudge:
-    """Tier (a): phrase and pattern matching."""
-
-    name = "phrase"
-
-    def __init__(self, compliance_words: int = COMPLIANCE_WORDS):
-        self.compliance_words = compliance_words
-
-    def judge(self, prompts: list[str], responses: list[str]) -> list[Judgement]:
-        _check_pairs(prompts, responses)
-        out = []
-        for response in responses:
-            v = phrase_verdict(response)
-            out.append(Judgement(v.refusal, v.partial, v.score, "phrase", v.evidence))
-        return out
-
-    def decided(self, prompt: str, partial_response: str) -> bool | None:
-        return phrase_decided(partial_response, self.compliance_words)
-
-
-def _check_pairs(prompts: list[str], responses: list[str]) -> None:
-    if len(prompts) != len(responses):
-        raise SaesteerError(f"{len(prompts)} prompts but {len(responses)} responses")
-
-
-# name -> (factory, one-line description). `hf:<model>` is handled apart.
-_REGISTRY: dict[str, tuple[Callable[..., Judge], str]] = {}
-
-
-def register_judge(name: str, description: str) -> Callable[[Callable[..., Judge]], Callable[..., Judge]]:
-    def wrap(factory: Callable[..., Judge]) -> Callable[..., Judge]:
-        _REGISTRY[name] = (factory, description)
-        return factory
-    return wrap
-
-
-@register_judge("phrase", "phrase and pattern matching (offline, instant)")
-def _phrase(**options: Any) -> Judge:
-    return PhraseJudge(**options)
-
-
-@register_judge("auto", "the best offline tier as measured (now: phrase)")
-def _auto(**options: Any) -> Judge:
-    judge = PhraseJudge(**options)
-    judge.name = "auto"
-    return judge
-
-
-@register_judge("classifier", "logistic regression on phrase features + MiniLM embedding (offline, CPU)")
-def _classifier(**options: Any) -> Judge:
-    from saesteer.evaluate.judge_classifier import ClassifierJudge
-
-    return ClassifierJudge(**options)
-
-
-@register_judge("llm", "an OpenAI-compatible endpoint (--endpoint, --model; wildguard or xstest prompt)")
-def _llm(**options: Any) -> Judge:
-    from saesteer.evaluate.judge_llm import LLMJudge
-
-    return LLMJudge.from_endpoint(**options)
-
-
-DEFAULT_JUDGE = "auto"
-
-
-def judge_names() -> list[str]:
-    return sorted(_REGISTRY) + ["hf:<model>"]
-
-
-def describe_judges() -> str:
-    lines = [f"{name}: {desc}" for name, (_, desc) in sorted(_REGISTRY.items())]
-    return "; ".join(lines + ["hf:<model>: a local Hugging Face model as LLM judge"])
-
-
-def get_judge(name: str = DEFAULT_JUDGE, **options: Any) -> Judge:
-    """A judge by name: auto, phrase, classifier, llm or hf:<model path or alias>.
-
-    Options go to the judge (for llm: base_url, model, api_key, prompt_style, ...; for
-    classifier: weights; for hf: prompt_style, device, dtype). Options set to None are dropped.
-    """
-    options = {k: v for k, v in options.items() if v is not None}
-    if name.startswith("hf:") and len(name) > 3:
-        from saesteer.evaluate.judge_llm import LLMJudge
-
-        return LLMJudge.from_hf(name[3:], **options)
-    if name not in _REGISTRY:
-        raise SaesteerError(f"unknown judge {name!r}; valid judges: {', '.join(judge_names())}")
-    factory, _ = _REGISTRY[name]
-    try:
-        return factory(**options)
-    except TypeError as e:
-        raise SaesteerError(f"judge {name!r} does not take these options ({e})") from e
-
-
-# --- judging files ---------------------------------------------------------------------------
 
 OUTPUT_FIELDS = ("refusal", "partial", "label", "score", "tier", "evidence", "judge")
 
