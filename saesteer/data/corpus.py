@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from saesteer.data.records import conversation
+from saesteer.data.records import conversation, merge_same_role, split_hh_dialogue
 from saesteer.data.sources import data_dir
 from saesteer.errors import SaesteerError
 from saesteer.models import Conversation
@@ -22,27 +22,6 @@ from saesteer.models import Conversation
 Document = Conversation | str
 CHUNK_CHARS = 3000
 """Long books and articles are cut into paragraph-aligned pieces of about this many characters."""
-
-
-def split_hh_dialogue(text: str) -> Conversation:
-    """'\\n\\nHuman: ... \\n\\nAssistant: ...' (or '### Human:' style) → messages."""
-    parts = re.split(r"(?:\n\n|^|\s)(?:###\s*)?(Human|Assistant):\s?", text)
-    turns = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        content = content.strip()
-        if content:
-            turns.append(("user" if speaker == "Human" else "assistant", content))
-    return conversation(*_merge_same_role(turns))
-
-
-def _merge_same_role(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    merged: list[tuple[str, str]] = []
-    for role, content in turns:
-        if merged and merged[-1][0] == role:
-            merged[-1] = (role, merged[-1][1] + "\n\n" + content)
-        else:
-            merged.append((role, content))
-    return merged
 
 
 def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
@@ -118,7 +97,7 @@ def _llamafactory_chat(root: Path) -> Iterator[Document]:
     for row in json.loads((base / "dpo_en_demo.json").read_text(encoding="utf-8")):
         turns = [("user" if m["from"] == "human" else "assistant", m["value"]) for m in row["conversations"]]
         turns.append(("assistant", row["chosen"]["value"]))
-        yield conversation(*_merge_same_role(turns))
+        yield conversation(*merge_same_role(turns))
 
 
 def _self_instruct(root: Path) -> Iterator[Document]:
@@ -193,7 +172,7 @@ def offline_documents() -> list[Document]:
     from pydoc_data.topics import topics
 
     from saesteer.data.registry import load_records
-    from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES
+    from saesteer.data.replies import COMPLIANCE_REPLIES, REFUSAL_REPLIES
 
     docs: list[Document] = []
     for i, r in enumerate(load_records("bundled")):

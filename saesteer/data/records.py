@@ -1,7 +1,9 @@
-"""The typed record every dataset loader returns."""
+"""The typed record every dataset loader returns, and the conversation helpers that the
+registry's loaders and the training corpora share."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -48,3 +50,25 @@ class Record:
 
 def conversation(*turns: tuple[str, str]) -> Conversation:
     return [{"role": r, "content": c} for r, c in turns]
+
+
+def split_hh_dialogue(text: str) -> Conversation:
+    """'\\n\\nHuman: ... \\n\\nAssistant: ...' (or '### Human:' style) → messages."""
+    parts = re.split(r"(?:\n\n|^|\s)(?:###\s*)?(Human|Assistant):\s?", text)
+    turns = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            turns.append(("user" if speaker == "Human" else "assistant", content))
+    return conversation(*merge_same_role(turns))
+
+
+def merge_same_role(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Join consecutive turns of one speaker (dialogue dumps repeat speakers; chat templates refuse that)."""
+    merged: list[tuple[str, str]] = []
+    for role, content in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, merged[-1][1] + "\n\n" + content)
+        else:
+            merged.append((role, content))
+    return merged

@@ -265,7 +265,7 @@ def pyrit(subset: str | None) -> list[Record]:
 
 def hh_rlhf_harmless(subset: str | None) -> list[Record]:
     """Anthropic HH-RLHF harmless red-team conversations, cut before the last assistant reply."""
-    from saesteer.data.corpus import split_hh_dialogue
+    from saesteer.data.records import split_hh_dialogue
     from saesteer.data.sources import data_dir
 
     if data_dir() is not None:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from saesteer.data.replies import COMPLIANCE_REPLIES, REFUSAL_REPLIES
 from saesteer.errors import SaesteerError
 from saesteer.files import atomic_path
 from saesteer.generate import CONTENT, ForwardInfo, forward_context, prompt_roles
@@ -23,18 +24,6 @@ from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
 from saesteer.models import ChatModel, Conversation, PromptLike, to_conversation
 
 Select = Literal["last", "content", "response"]
-
-REFUSAL_REPLIES = (
-    "I'm sorry, but I can't help with that.",
-    "I cannot assist with this request.",
-    "As an AI, I am not able to do that.",
-)
-COMPLIANCE_REPLIES = (
-    "Sure, here is what you asked for.",
-    "Of course! Here's how to do it.",
-    "Certainly, I'd be happy to help with that.",
-)
-
 
 def _encode(lm: ChatModel, item: PromptLike, select: Select) -> tuple[list[int], list[bool]]:
     """Token ids of a chat input and the mask of positions to average."""
