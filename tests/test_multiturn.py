@@ -16,12 +16,12 @@ import torch
 
 from saesteer.data import set_data_dir
 from saesteer.errors import SaesteerError
-from saesteer.evaluate import multiturn
-from saesteer.evaluate.backends import EndpointBackend, HFBackend, Reply
-from saesteer.evaluate.crescendo import (PAPER_OBJECTIVES, CrescendoConfig, LLMScorer, Objective, OfflineScorer,
-                                         Score, ScoreItem, load_attacker_prompt, load_objectives,
-                                         parse_attacker_reply, parse_score, run_crescendo, summarise_crescendo)
-from saesteer.evaluate.multiturn import ReplayConfig, evaluate_replay, replay_plan
+from saesteer.attacks import replay
+from saesteer.attacks.backends import EndpointBackend, HFBackend, Reply
+from saesteer.attacks.crescendo import (PAPER_OBJECTIVES, CrescendoConfig, LLMScorer, Objective, OfflineScorer,
+                                        Score, ScoreItem, load_attacker_prompt, load_objectives,
+                                        parse_attacker_reply, parse_score, run_crescendo, summarise_crescendo)
+from saesteer.attacks.replay import ReplayConfig, evaluate_replay, replay_plan
 from saesteer.files import read_json, read_jsonl
 from tests.tiny import save_tiny_model, tiny_model
 
@@ -133,8 +133,8 @@ def crescendo(lm, tmp_path, script, *, out="out", **config):
 
 def test_runs_to_max_turns_in_lockstep(lm, tmp_path, data_dir, monkeypatch):
     calls = []
-    real = multiturn.generate
-    monkeypatch.setattr(multiturn, "generate", lambda lm, prompts, cfg: calls.append(len(prompts)) or real(lm, prompts, cfg))
+    real = replay.generate
+    monkeypatch.setattr(replay, "generate", lambda lm, prompts, cfg: calls.append(len(prompts)) or real(lm, prompts, cfg))
     summary, rows, attacker = crescendo(lm, tmp_path, lambda key, n: msg(f"question {n}"), max_turns=3)
     assert len(rows) == 4 and all(r["status"] == "failed" and r["turns"] == 3 for r in rows)
     assert all(len(r["transcript"]) == 6 and len(r["events"]) == 3 for r in rows)

@@ -87,7 +87,7 @@ def multiturn(
     from saesteer.models import load_model
 
     if mode == "replay":
-        from saesteer.evaluate.multiturn import ReplayConfig, evaluate_replay
+        from saesteer.attacks.replay import ReplayConfig, evaluate_replay
 
         config = ReplayConfig(datasets=dataset, limit=limit, fill_missing=fill_missing, max_new_tokens=max_new_tokens,
                               temperature=0.0 if temperature is None else temperature, batch_size=batch_size,
@@ -99,9 +99,9 @@ def multiturn(
         say(f"wrote {out / 'conversations.jsonl'} and {out / 'summary.json'}")
         return
 
-    from saesteer.evaluate.backends import make_backend
-    from saesteer.evaluate.crescendo import (CrescendoConfig, LLMScorer, OfflineScorer, load_attacker_prompt,
-                                             run_crescendo)
+    from saesteer.attacks.backends import make_backend
+    from saesteer.attacks.crescendo import (CrescendoConfig, LLMScorer, OfflineScorer, load_attacker_prompt,
+                                            run_crescendo)
 
     config = CrescendoConfig(objectives=objectives, limit=limit, conversations=conversations, max_turns=max_turns,
                              max_backtracks=max_backtracks, attacker_prompt=attacker_prompt,

@@ -1,1 +1,3 @@
-"""Evaluation: the refusal judge and the evaluators built on it."""
+"""Evaluation of a (steered) model: refusal and over-refusal, capability, steering sweeps.
+
+Attacks (replayed conversations, Crescendo) live in `saesteer.attacks`; the judge in `saesteer.judge`."""

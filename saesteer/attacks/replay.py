@@ -9,7 +9,7 @@ in turn (`fill_missing`), under the same steering.
 Writes `conversations.jsonl` (one row per conversation: full transcript, which assistant turns
 were generated, the judgement) and `summary.json` (refusal rate on final turns, overall and per
 dataset and category, with 95% Wilson intervals). A rerun skips finished conversations. The
-Crescendo attack lives in `saesteer.evaluate.crescendo` and writes the same files.
+Crescendo attack lives in `saesteer.attacks.crescendo` and writes the same files.
 """
 
 from __future__ import annotations

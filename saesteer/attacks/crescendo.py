@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 
 from saesteer.data import load_records
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.backends import ChatBackend
-from saesteer.evaluate.multiturn import (ROWS, finished_ids, fits, generate_turns, judge_name, load_steering,
-                                         open_run, refusal_judge)
+from saesteer.attacks.backends import ChatBackend
+from saesteer.attacks.replay import (ROWS, finished_ids, fits, generate_turns, judge_name, load_steering, open_run,
+                                     refusal_judge)
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, read_jsonl, sha256_json, write_json
 from saesteer.generate import GenerationConfig

@@ -1,0 +1,1 @@
+"""Attacks on a (steered) model: the stage beside `evaluate/` (multi-turn: replay, Crescendo)."""
