@@ -97,12 +97,17 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[dict]:
-    """Read JSON lines. A torn last line (a killed writer) is dropped when tolerated."""
+    """Read JSON lines. A torn last line (a killed writer) is dropped when tolerated.
+
+    A torn line is one that lacks its newline and does not parse; a complete row without its
+    newline is read (and `JsonlAppender` keeps it). Lines end at "\n" only: rows written with
+    ensure_ascii=False may hold U+2028 or U+0085, where `str.splitlines` would cut them.
+    """
     path = Path(path)
     if not path.exists():
         raise SaesteerError(f"file not found: {path}")
     rows: list[dict] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8").split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -118,14 +123,16 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[di
 class JsonlAppender:
     """Append rows to a JSON-lines file, each flushed and fsynced, so a kill loses at most one row.
 
-    A torn last line left by an earlier crash is cut off when the file is opened.
+    When the file is opened, a last line that lacks its newline is repaired: kept (and given its
+    newline) if it parses, since `read_jsonl` counts it as done; cut off if it does not (a torn
+    row left by a kill).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         ensure_dir(self.path.parent)
         if self.path.exists():
-            _truncate_torn_tail(self.path)
+            _repair_tail(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -146,12 +153,26 @@ class JsonlAppender:
         self.close()
 
 
-def _truncate_torn_tail(path: Path) -> None:
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
+def _repair_tail(path: Path) -> None:
+    """End the file with a newline: keep a complete last row, cut a torn one (as `read_jsonl` reads them)."""
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
         cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
+        try:
+            json.loads(data[cut:])
+        except ValueError:  # JSONDecodeError, or a multi-byte character cut in half
             f.truncate(cut)
+        else:
+            f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
