@@ -12,13 +12,25 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from saesteer.errors import SaesteerError
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks (Windows): an orphan is told by its age alone
+    fcntl = None  # type: ignore[assignment]
+
+ORPHAN_AGE_S = 3600.0
+"""Where file locks are unavailable, a temporary file unmodified this long is taken to be orphaned."""
+_TMP_GRACE_S = 10.0
+"""A temporary file younger than this is never removed: its writer may not hold its lock yet."""
 
 
 def cache_dir() -> Path:
@@ -53,8 +65,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `path` in one rename."""
     path = Path(path)
     ensure_dir(path.parent)
+    remove_orphaned_tmp(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if fcntl is not None:  # held until the rename: a live writer's file is never taken for an orphan
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -67,6 +82,52 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def remove_orphaned_tmp(path: str | Path) -> int:
+    """Delete the temporary files that killed writers of `path` left beside it; return how many.
+
+    Only names `atomic_path` makes for this very target (`.NAME.XXXXXXXX.tmp`) are candidates,
+    and only regular files. A writer holds an exclusive lock on its temporary file until it
+    renames it, so a file whose lock can be taken has no writer left (a kill releases the lock);
+    where locks are unavailable, only a file unmodified for `ORPHAN_AGE_S` is taken.
+    """
+    path = Path(path)
+    ours = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        entries = [e for e in os.scandir(path.parent) if ours.fullmatch(e.name)]
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+            if age >= _TMP_GRACE_S and _remove_if_orphaned(entry.path, age):
+                removed += 1
+    return removed
+
+
+def _remove_if_orphaned(tmp: str, age: float) -> bool:
+    fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        orphaned = age >= ORPHAN_AGE_S
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                orphaned = True
+            except BlockingIOError:  # a live writer holds it
+                return False
+            except OSError:  # the file system has no locks: fall back to the age
+                pass
+        if orphaned:
+            os.unlink(tmp)
+        return orphaned
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> None:
