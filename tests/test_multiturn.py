@@ -16,12 +16,13 @@ import torch
 
 from saesteer.data import set_data_dir
 from saesteer.errors import SaesteerError
-from saesteer.attacks import replay
+from saesteer.attacks import base
+from saesteer.attacks.attacker import load_attacker_prompt, parse_attacker_reply
 from saesteer.attacks.backends import EndpointBackend, HFBackend, Reply
-from saesteer.attacks.crescendo import (PAPER_OBJECTIVES, CrescendoConfig, LLMScorer, Objective, OfflineScorer,
-                                        Score, ScoreItem, load_attacker_prompt, load_objectives,
-                                        parse_attacker_reply, parse_score, run_crescendo, summarise_crescendo)
+from saesteer.attacks.crescendo import CrescendoConfig, run_crescendo, summarise_crescendo
+from saesteer.attacks.objectives import PAPER_OBJECTIVES, Objective, load_objectives
 from saesteer.attacks.replay import ReplayConfig, evaluate_replay, replay_plan
+from saesteer.attacks.scorers import LLMScorer, OfflineScorer, Score, ScoreItem, parse_score
 from saesteer.files import read_json, read_jsonl
 from tests.tiny import save_tiny_model, tiny_model
 
@@ -133,8 +134,8 @@ def crescendo(lm, tmp_path, script, *, out="out", **config):
 
 def test_runs_to_max_turns_in_lockstep(lm, tmp_path, data_dir, monkeypatch):
     calls = []
-    real = replay.generate
-    monkeypatch.setattr(replay, "generate", lambda lm, prompts, cfg: calls.append(len(prompts)) or real(lm, prompts, cfg))
+    real = base.generate
+    monkeypatch.setattr(base, "generate", lambda lm, prompts, cfg: calls.append(len(prompts)) or real(lm, prompts, cfg))
     summary, rows, attacker = crescendo(lm, tmp_path, lambda key, n: msg(f"question {n}"), max_turns=3)
     assert len(rows) == 4 and all(r["status"] == "failed" and r["turns"] == 3 for r in rows)
     assert all(len(r["transcript"]) == 6 and len(r["events"]) == 3 for r in rows)

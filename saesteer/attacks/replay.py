@@ -1,6 +1,6 @@
-"""Multi-turn evaluation: replay fixed conversations, and the pieces the Crescendo attack shares.
+"""Replay fixed conversations to a (steered) model and judge its answers for refusal.
 
-Replay: each conversation record (PyRIT's multi-turn seeds, HH-RLHF red-team dialogues, any
+Each conversation record (PyRIT's multi-turn seeds, HH-RLHF red-team dialogues, any
 conversation file) is played to the (optionally steered) model and its answer to the final user
 turn is judged for refusal. Earlier assistant turns are kept as given; where a record has user
 turns with no assistant turn between them (PyRIT's user-only sequences), the model answers each
@@ -9,94 +9,29 @@ in turn (`fill_missing`), under the same steering.
 Writes `conversations.jsonl` (one row per conversation: full transcript, which assistant turns
 were generated, the judgement) and `summary.json` (refusal rate on final turns, overall and per
 dataset and category, with 95% Wilson intervals). A rerun skips finished conversations. The
-Crescendo attack lives in `saesteer.attacks.crescendo` and writes the same files.
+Crescendo attack (`saesteer.attacks.crescendo`) writes the same files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from saesteer.attacks.base import (ROWS, finished_ids, fits, generate_turns, judge_name, load_steering, open_run,
+                                   refusal_judge)
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.rundir import previous_run
 from saesteer.evaluate.stats import rate
-from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
-from saesteer.generate import GenerationConfig, Generation, encode_prompt, generate
+from saesteer.files import JsonlAppender, read_jsonl, write_json
+from saesteer.generate import GenerationConfig
 from saesteer.models import ChatModel, Conversation, to_conversation
 from saesteer.steer import Steering, SteeringSpec
 
-ROWS = "conversations.jsonl"
-
-def refusal_judge(name: str = "auto") -> Any:
-    from saesteer.judge import get_judge
-
-    return get_judge(name)
-
-
-def judge_name(judge: Any) -> str:
-    return str(getattr(judge, "name", type(judge).__name__))
-
-
-# --- shared run plumbing ------------------------------------------------------------------------
-
-def open_run(out: str | Path, lm: ChatModel, info: dict[str, Any]) -> Path:
-    """Create `out`, or check that it holds the same run (same settings, spec and model) to resume."""
-    out = ensure_dir(out)
-    info = {"model": lm.describe(), **info}
-    if previous_run(out, info, lm.model_id, keys=("mode", "spec_hash", "settings")) is None:
-        write_json(out / "run.json", info)
-    return out
-
-
-def finished_ids(out: Path) -> set[str]:
-    path = out / ROWS
-    return {row["id"] for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
-
-
-@contextlib.contextmanager
-def _maybe(steering: Steering | None) -> Iterator[None]:
-    if steering is None:
-        yield
-    else:
-        with steering.active():
-            yield
-
-
-def generate_turns(lm: ChatModel, conversations: list[Conversation], config: GenerationConfig,
-                   steering: Steering | None) -> tuple[list[Generation], list[bool] | None]:
-    """One batched generation of the next assistant turn of each conversation, steered if asked.
-
-    Conditional steering decides per conversation from everything in it; the decisions come back
-    as the second value (None without a condition).
-    """
-    if not conversations:
-        return [], None
-    with _maybe(steering):
-        gens = generate(lm, conversations, config)
-    gate = steering.gate if steering is not None else None
-    decisions = [bool(gate.decisions.get(i, False)) for i in range(len(conversations))] if gate else None
-    return gens, decisions
-
-
-def fits(lm: ChatModel, conversation: Conversation, config: GenerationConfig) -> bool:
-    """Whether the conversation plus `max_new_tokens` fits the model's context."""
-    ids = encode_prompt(lm, conversation, chat=True, system=config.system)
-    return len(ids) + config.max_new_tokens <= lm.context_length
-
-
-def load_steering(lm: ChatModel, spec: SteeringSpec | str | Path | None) -> Steering | None:
-    return Steering(lm, spec) if spec is not None else None   # every check before any generation
-
-
-# --- replay -------------------------------------------------------------------------------------
 
 @dataclass
 class ReplayConfig:

@@ -99,9 +99,10 @@ def multiturn(
         say(f"wrote {out / 'conversations.jsonl'} and {out / 'summary.json'}")
         return
 
+    from saesteer.attacks.attacker import load_attacker_prompt
     from saesteer.attacks.backends import make_backend
-    from saesteer.attacks.crescendo import (CrescendoConfig, LLMScorer, OfflineScorer, load_attacker_prompt,
-                                            run_crescendo)
+    from saesteer.attacks.crescendo import CrescendoConfig, run_crescendo
+    from saesteer.attacks.scorers import LLMScorer, OfflineScorer
 
     config = CrescendoConfig(objectives=objectives, limit=limit, conversations=conversations, max_turns=max_turns,
                              max_backtracks=max_backtracks, attacker_prompt=attacker_prompt,
