@@ -14,7 +14,8 @@ from saesteer.data import Record
 from saesteer.errors import SaesteerError
 from saesteer.evaluate import capability_ll
 from saesteer.evaluate import capability_tasks as fmt
-from saesteer.evaluate.capability import CapabilityConfig, evaluate_capability, mean_interval, summarise
+from saesteer.evaluate.capability import CapabilityConfig, evaluate_capability
+from saesteer.evaluate.capability_summary import mean_interval, summarise
 from saesteer.evaluate.capability_ll import encode_pair, loglikelihoods
 from saesteer.files import read_json, read_jsonl
 from saesteer.steer import InterventionSpec, FileRef, SteeringSpec

@@ -1,6 +1,6 @@
 """Capability of a (steered) model: MMLU, TruthfulQA and GSM8K, each with a 95% interval.
 
-Tasks (formats in `capability_tasks`):
+Tasks (listed, with their formats, in `capability_tasks`; summaries in `capability_summary`):
 
 * `mmlu_gen`: the paper's format. 5-shot chat (the exemplars and their `ANSWER: X` replies as
   prior turns), greedy generation, the letter read from the reply; reports the letter
@@ -21,10 +21,9 @@ rank 0 merges the shards.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,48 +35,14 @@ from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError
 from saesteer.evaluate import capability_tasks as fmt
 from saesteer.evaluate.capability_ll import loglikelihoods
+from saesteer.evaluate.capability_summary import summarise
+from saesteer.evaluate.capability_tasks import DATASET, DEFAULT_TASKS, TASKS, parse_tasks, task_format
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
 from saesteer.evaluate.rundir import previous_run
-from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
-
-DEFAULT_TASKS = ("mmlu_gen", "mmlu_ll", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k")
-TASKS: dict[str, str] = {
-    "mmlu_gen": "MMLU 5-shot chat, answer letter extracted from the generation (the paper's format)",
-    "mmlu_ll": "MMLU 5-shot, log-likelihood of the answer letter (lm-eval's format)",
-    "truthfulqa_mc1": "TruthfulQA MC1 by log-likelihood (lm-eval)",
-    "truthfulqa_mc2": "TruthfulQA MC2 by log-likelihood (lm-eval)",
-    "gsm8k": "GSM8K 8-shot chain of thought, last number (lm-eval's gsm8k_cot)",
-    "gsm8k_chat": "GSM8K 8-shot chain of thought as chat turns (the paper's format)",
-    "bundled_mc": "saesteer's 80 four-choice questions in mmlu_gen's format (offline)",
-    "bundled_mc_ll": "saesteer's 80 four-choice questions in mmlu_ll's format (offline)",
-    "bundled_math": "saesteer's 40 word problems in gsm8k's format (offline)",
-}
-DATASET = {"mmlu_gen": "mmlu", "mmlu_ll": "mmlu", "truthfulqa_mc1": "truthfulqa",
-           "truthfulqa_mc2": "truthfulqa", "gsm8k": "gsm8k", "gsm8k_chat": "gsm8k",
-           "bundled_mc": "bundled:mc", "bundled_mc_ll": "bundled:mc", "bundled_math": "bundled:math"}
-# Tasks that reuse another task's format on a different dataset.
-FORMAT = {"bundled_mc": "mmlu_gen", "bundled_mc_ll": "mmlu_ll", "bundled_math": "gsm8k"}
-
-
-def task_format(task: str) -> str:
-    """The format a task is scored in (`bundled_mc` is scored like `mmlu_gen`)."""
-    return FORMAT.get(task, task)
-
-
-def parse_tasks(tasks: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [t.strip() for t in tasks]
-    names = [t for t in names if t]
-    if not names:
-        raise SaesteerError(f"no capability task given; choose from {', '.join(TASKS)}")
-    for name in names:
-        if name not in TASKS:
-            raise SaesteerError(f"unknown capability task {name!r}; choose from {', '.join(TASKS)}")
-    return tuple(dict.fromkeys(names))
-
 
 @dataclass
 class CapabilityConfig:
@@ -397,73 +362,3 @@ def _merge(out: Path, shard: Shard, tasks: Mapping[str, Any]) -> list[dict[str, 
             seen.add(key)
             unique.append(row)
     return unique
-
-
-# --- summary -----------------------------------------------------------------------------------
-
-def mean_interval(values: list[float], z: float = 1.96) -> dict[str, Any]:
-    """Mean with a normal-approximation 95% interval (clipped to [0, 1])."""
-    n = len(values)
-    if n == 0:
-        return {"mean": float("nan"), "n": 0, "sd": float("nan"), "ci95": [0.0, 1.0]}
-    mean = sum(values) / n
-    if n == 1:
-        return {"mean": mean, "n": 1, "sd": float("nan"), "ci95": [0.0, 1.0]}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = z * sd / math.sqrt(n)
-    return {"mean": mean, "n": n, "sd": sd, "ci95": [max(0.0, mean - half), min(1.0, mean + half)]}
-
-
-def _histogram(letters: list[str], keys: tuple[str, ...]) -> dict[str, Any]:
-    counts = Counter(letters)
-    return {k: rate(counts.get(k, 0), len(letters)) for k in keys}
-
-
-def summarise_task(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    n = len(rows)
-    s: dict[str, Any] = {"description": TASKS.get(task, task), "n": n}
-    task = task_format(task)
-    if task == "truthfulqa_mc2":
-        s["mc2"] = mean_interval([row["score"] for row in rows])
-        s["score"] = {"value": s["mc2"]["mean"], "ci95": s["mc2"]["ci95"], "n": n, "metric": "mc2"}
-    else:
-        acc = rate(sum(bool(row["correct"]) for row in rows), n)
-        s["accuracy"] = acc
-        s["score"] = {"value": acc["rate"], "ci95": acc["ci95"], "n": n, "metric": "accuracy"}
-    if task.startswith("mmlu"):
-        keys = fmt.LETTERS + ((fmt.UNK,) if task == "mmlu_gen" else ())
-        s["letters"] = _histogram([row["pred"] for row in rows], keys)
-        s["gold_letters"] = _histogram([row["gold"] for row in rows], fmt.LETTERS)
-        subjects: dict[str, list[dict]] = defaultdict(list)
-        for row in rows:
-            subjects[row.get("subject") or ""].append(row)
-        s["subjects"] = {k: rate(sum(bool(r["correct"]) for r in v), len(v)) for k, v in sorted(subjects.items())}
-    if task == "mmlu_gen" or task.startswith("gsm8k"):
-        s["finish_reasons"] = dict(Counter(row["finish_reason"] for row in rows))
-        s["mean_new_tokens"] = sum(row["new_tokens"] for row in rows) / n if n else float("nan")
-    if task == "mmlu_gen":
-        judged = [row for row in rows if "refusal" in row]
-        s["refusal"] = rate(sum(row["refusal"] for row in judged), len(judged)) if judged else None
-    if task.startswith("gsm8k"):
-        s["strict_accuracy"] = rate(sum(bool(row["correct_strict"]) for row in rows), n)
-        s["no_number"] = sum(row["pred"] is None for row in rows)
-    if any("steered" in row for row in rows):
-        s["steered"] = sum(bool(row.get("steered")) for row in rows)
-    return s
-
-
-def summarise(rows: list[dict[str, Any]], expected: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """Per-task metrics with 95% intervals (Wilson for accuracies, normal for the MC2 mean)."""
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_task[row["task"]].append(row)
-    order = list(expected or {}) + sorted(t for t in by_task if t not in (expected or {}))
-    tasks = {}
-    for task in order:
-        if not by_task.get(task):
-            continue
-        s = summarise_task(task, by_task[task])
-        if expected is not None and task in expected:
-            s["complete"] = len(by_task[task]) >= expected[task]
-        tasks[task] = s
-    return {"tasks": tasks, "scores": {t: s["score"] for t, s in tasks.items()}}

@@ -1,4 +1,5 @@
-"""Prompt formats, answer extraction and scoring rules of the capability tasks.
+"""The capability tasks (names, datasets, formats), their prompt formats, answer extraction and
+scoring rules.
 
 Pure functions, no model. The log-likelihood formats (`mmlu_ll`, `truthfulqa_mc1/mc2`) and
 `gsm8k` reproduce lm-evaluation-harness's `mmlu` (default), `truthfulqa_mc1/mc2` and
@@ -14,7 +15,47 @@ import re
 from collections.abc import Sequence
 
 from saesteer.data import Record
+from saesteer.errors import SaesteerError
 from saesteer.models import Conversation
+
+# --- the tasks -------------------------------------------------------------------------------
+
+DEFAULT_TASKS = ("mmlu_gen", "mmlu_ll", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k")
+TASKS: dict[str, str] = {
+    "mmlu_gen": "MMLU 5-shot chat, answer letter extracted from the generation (the paper's format)",
+    "mmlu_ll": "MMLU 5-shot, log-likelihood of the answer letter (lm-eval's format)",
+    "truthfulqa_mc1": "TruthfulQA MC1 by log-likelihood (lm-eval)",
+    "truthfulqa_mc2": "TruthfulQA MC2 by log-likelihood (lm-eval)",
+    "gsm8k": "GSM8K 8-shot chain of thought, last number (lm-eval's gsm8k_cot)",
+    "gsm8k_chat": "GSM8K 8-shot chain of thought as chat turns (the paper's format)",
+    "bundled_mc": "saesteer's 80 four-choice questions in mmlu_gen's format (offline)",
+    "bundled_mc_ll": "saesteer's 80 four-choice questions in mmlu_ll's format (offline)",
+    "bundled_math": "saesteer's 40 word problems in gsm8k's format (offline)",
+}
+DATASET = {"mmlu_gen": "mmlu", "mmlu_ll": "mmlu", "truthfulqa_mc1": "truthfulqa",
+           "truthfulqa_mc2": "truthfulqa", "gsm8k": "gsm8k", "gsm8k_chat": "gsm8k",
+           "bundled_mc": "bundled:mc", "bundled_mc_ll": "bundled:mc", "bundled_math": "bundled:math"}
+# Tasks that reuse another task's format on a different dataset.
+FORMAT = {"bundled_mc": "mmlu_gen", "bundled_mc_ll": "mmlu_ll", "bundled_math": "gsm8k"}
+
+
+def task_format(task: str) -> str:
+    """The format a task is scored in (`bundled_mc` is scored like `mmlu_gen`)."""
+    return FORMAT.get(task, task)
+
+
+def parse_tasks(tasks: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [t.strip() for t in tasks]
+    names = [t for t in names if t]
+    if not names:
+        raise SaesteerError(f"no capability task given; choose from {', '.join(TASKS)}")
+    for name in names:
+        if name not in TASKS:
+            raise SaesteerError(f"unknown capability task {name!r}; choose from {', '.join(TASKS)}")
+    return tuple(dict.fromkeys(names))
+
+
+# --- shared ------------------------------------------------------------------------------------
 
 LETTERS = ("A", "B", "C", "D")
 UNK = "UNK"
