@@ -222,7 +222,9 @@ def _sample(logits: torch.Tensor, rows: list[int], config: GenerationConfig,
     probs = logits.softmax(-1).cpu()
     out = []
     for i, row in enumerate(rows):
-        g = generators.setdefault(row, torch.Generator().manual_seed(config.seed * 1_000_003 + row))
+        # torch takes 64-bit seeds; a negative one means its two's complement, so `% 2**64` changes
+        # no seed that worked and lets any integer seed work
+        g = generators.setdefault(row, torch.Generator().manual_seed((config.seed * 1_000_003 + row) % 2**64))
         out.append(torch.multinomial(probs[i], 1, generator=g))
     return torch.cat(out).to(logits.device)
 
