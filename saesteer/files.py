@@ -168,16 +168,23 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[di
     if not path.exists():
         raise SaesteerError(f"file not found: {path}")
     rows: list[dict] = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise SaesteerError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON lines") from e
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             if tolerate_torn_tail and n == len(lines):
                 break
             raise SaesteerError(f"{path}:{n} is not valid JSON ({e.msg}); fix or delete that line") from e
+        if not isinstance(row, dict):
+            raise SaesteerError(f"{path}:{n} is a JSON {type(row).__name__}, not an object; each line must be "
+                                "one {...} row: fix or delete that line")
+        rows.append(row)
     return rows
 
 
