@@ -8,7 +8,8 @@
     POST /v1/saesteer/compare       unsteered and steered answers with per-token feature activations
     GET  /                          the side-by-side page (static files, no auth: it holds no secret)
 
-Every error is OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}`.
+Every error is OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}`, and none shows
+a file path (`Registry.redact`). The request bodies and their checks are in `schemas.py`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from saesteer.errors import SaesteerError
 from saesteer.generate import encode_prompt
@@ -36,143 +38,14 @@ from saesteer.models import ChatModel, Conversation
 from saesteer.serve.batching import Batcher, Finished, Job, QueueFull, Sampling, ShuttingDown
 from saesteer.serve.config import ServeSettings
 from saesteer.serve.probe import probe_for, token_activations
-from saesteer.serve.registry import InvalidSteering, LookupFailed, Registry, Resolved, SteeringIn
+from saesteer.serve.registry import InvalidSteering, LookupFailed, Registry, Resolved
+from saesteer.serve.schemas import (ApiError, BodyLimit, ChatRequest, CompareRequest, MessageIn, error_response,
+                                    read_json, validated)
 
+log = logging.getLogger("saesteer.serve")
 STATIC = resources.files("saesteer.serve") / "static"
 MAX_STOP = 4
 MAX_STOP_CHARS = 64
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.type, self.param = status, message, code, type_, param
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.code, type_=self.type, param=self.param,
-                              headers=self.headers)
-
-
-def error_response(status: int, message: str, code: str, *, type_: str = "invalid_request_error",
-                   param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-# --- request bodies -------------------------------------------------------------------------
-
-class _Lenient(BaseModel):
-    """OpenAI request objects: fields we do not use are ignored, fields we use are type-checked."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class TextPart(_Lenient):
-    type: Literal["text"]
-    text: StrictStr
-
-
-class MessageIn(_Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart]
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-
-
-class StreamOptions(_Lenient):
-    include_usage: StrictBool = False
-
-
-class ChatRequest(_Lenient):
-    model: StrictStr
-    messages: list[MessageIn] = Field(min_length=1)
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: StrictFloat | StrictInt | None = Field(None, ge=0, le=2)
-    top_p: StrictFloat | StrictInt | None = Field(None, gt=0, le=1)
-    n: StrictInt = Field(1, ge=1)
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    steering: StrictStr | SteeringIn | None = None
-    """saesteer's extension (OpenAI clients: `extra_body={"steering": ...}`)."""
-    tools: list[Any] | None = None
-    logprobs: StrictBool | None = None
-
-
-class ProbeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sae: StrictStr
-    feature: StrictInt = Field(ge=0)
-    hook: StrictStr | StrictInt | None = None
-
-
-class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    messages: list[MessageIn] = Field(min_length=1)
-    steered_messages: list[MessageIn] | None = Field(None, min_length=1)
-    """The steered side's own history (the page keeps two conversations); default: `messages`."""
-    model: StrictStr | None = None
-    steering: StrictStr | SteeringIn | None = None
-    """Default: the deployment spec (`--steer`)."""
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: StrictFloat | StrictInt | None = Field(None, ge=0, le=2)
-    probe: ProbeIn | None = None
-    """The feature whose activation is shown; default: the steering's first SAE feature."""
-
-
-def validated(model: type[BaseModel], body: Any) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "json-or-python")))
-        raise ApiError(422, f"{loc}: {err['msg']}" if loc else err["msg"], "invalid_value", param=loc or None) from e
-
-
-async def read_json(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
-        raise ApiError(400, "the request body is empty; send a JSON object", "invalid_json")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})", "invalid_json") from e
-
-
-# --- middleware -----------------------------------------------------------------------------
-
-class BodyLimit:
-    """Refuse bodies over `max_bytes` (HTTP 413) by their Content-Length, or while they stream in."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await error_response(413, f"request body over {self.max_bytes} bytes", "request_too_large")(
-                scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, f"request body over {self.max_bytes} bytes", "request_too_large")
-            return message
-
-        await self.app(scope, limited, send)
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -198,7 +71,15 @@ def create_app(lm: ChatModel, registry: Registry, settings: ServeSettings | None
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
-        return e.response()
+        # a steering error may name an SAE's folder: the client sees its registered name instead
+        return error_response(e.status, registry.redact(e.message), e.code, type_=e.type, param=e.param,
+                              headers=e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _e: ClientDisconnect) -> Response:
+        log.info("client %s left before sending its whole body (%s %s)",
+                 request.client.host if request.client else "?", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -287,7 +168,7 @@ def create_app(lm: ChatModel, registry: Registry, settings: ServeSettings | None
                 if model_name is not None:
                     registry.resolve_model(model_name)  # the model must still be one we serve
                 return registry.resolve_request(steering)
-            return registry.resolve_model(model_name or registry.model_name)
+            return registry.resolve_model(registry.model_name if model_name is None else model_name)
         except LookupFailed as e:
             raise ApiError(404, str(e), e.code, param="model" if e.code == "model_not_found" else "steering") from e
         except InvalidSteering as e:
@@ -350,7 +231,8 @@ def create_app(lm: ChatModel, registry: Registry, settings: ServeSettings | None
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(batcher, job, ident, created, req.model, resolved, include_usage),
+            return StreamingResponse(_sse(batcher, job, ident, created, req.model, resolved, include_usage,
+                                          registry.redact),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -454,7 +336,7 @@ def _chunk(ident: str, created: int, model: str, choices: list[dict[str, Any]], 
 
 
 async def _sse(batcher: Batcher, job: Job, ident: str, created: int, model: str, resolved: Resolved,
-               include_usage: bool) -> AsyncIterator[str]:
+               include_usage: bool, redact: Callable[[str], str]) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
     complete = False
     try:
@@ -477,8 +359,8 @@ async def _sse(batcher: Batcher, job: Job, ident: str, created: int, model: str,
                              saesteer={"steering": resolved.label, "spec_hash": resolved.key,
                                        "steered": f.steered, "detector_score": f.detector_score})
             else:
-                err = {"message": event[2], "type": "server_error" if event[1] >= 500 else "invalid_request_error",
-                       "param": None, "code": "generation_failed"}
+                err = {"message": redact(event[2]), "param": None, "code": "generation_failed",
+                       "type": "server_error" if event[1] >= 500 else "invalid_request_error"}
                 yield f"data: {json.dumps({'error': err})}\n\n"
                 complete = True
                 return

@@ -18,26 +18,23 @@ cannot make the server read (or write) anything on disk.
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from typing import Any
 
 from saesteer.errors import SaesteerError
 from saesteer.models import ChatModel
+from saesteer.serve.schemas import MAX_ABS_VALUE, SteeringIn
 from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, Steering, SteeringSpec
 from saesteer.steer.spec import ConditionSpec
 
 UNSTEERED = "unsteered"
 STEERED = "steered"
 NO_STEERING = ("none", UNSTEERED)
-MAX_REQUEST_FEATURES = 32
-MAX_ABS_VALUE = 1e4
-"""Largest feature value or strength a request may set (larger ones only produce NaNs)."""
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"/;,()]+/)+[^\s'\";,()]*")
 
 
 class LookupFailed(SaesteerError):
@@ -73,60 +70,6 @@ class Resolved:
     @property
     def key(self) -> str | None:
         return self.steering.hash if self.steering is not None else None
-
-
-# --- request-level steering objects --------------------------------------------------------
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _finite(value: float, what: str) -> float:
-    if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
-        raise ValueError(f"{what} must be a finite number with |{what}| <= {MAX_ABS_VALUE:g}")
-    return value
-
-
-class FeatureEditIn(_Strict):
-    feature: StrictInt = Field(ge=0)
-    op: Literal["clamp", "add", "scale", "ablate"] = "clamp"
-    value: StrictFloat | StrictInt = 0.0
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, v: float) -> float:
-        return _finite(float(v), "value")
-
-
-class ConditionIn(_Strict):
-    """Steer only prompts on which a registered SAE's latent fires (decided per request)."""
-
-    feature: StrictInt = Field(ge=0)
-    threshold: StrictFloat | StrictInt
-    sae: StrictStr | None = None
-    """Registered SAE name; default: the steering object's `sae`."""
-    hook: StrictStr | StrictInt | None = None
-    pooling: Literal["max", "mean", "last"] = "max"
-    direction: Literal["above", "below"] = "above"
-
-
-class SteeringIn(_Strict):
-    spec: StrictStr | None = None
-    """A registered spec (`refusal-clamp`, `smollm2:refusal-clamp` or `steered`)."""
-    strength: StrictFloat | StrictInt = 1.0
-    """Multiplies every intervention value of the spec or of the edits given here."""
-    sae: StrictStr | None = None
-    """A registered SAE name (never a path)."""
-    hook: StrictStr | StrictInt | None = None
-    """Layer index or module path; default: the hook the SAE was registered at."""
-    features: list[FeatureEditIn] = Field(default_factory=list, max_length=MAX_REQUEST_FEATURES)
-    positions: Literal["all", "prompt", "generated"] | None = None
-    condition: ConditionIn | None = None
-
-    @field_validator("strength")
-    @classmethod
-    def _strength(cls, v: float) -> float:
-        return _finite(float(v), "strength")
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -259,6 +202,9 @@ class Registry:
             if name is None:
                 raise InvalidSteering(f"{s.spec!r} is the unsteered model; send \"steering\": \"none\" instead")
             base = self.specs[name].spec
+            for iv in base.interventions:
+                for value in [f.value for f in iv.features] + ([iv.value] if iv.sae is None else []):
+                    _check_scaled(value, s.strength, f"a value ({value:g}) of spec {name!r}")
             spec = scale_spec(base, s.strength)
             if s.positions is not None:
                 spec = dataclasses.replace(spec, positions=s.positions)
@@ -273,6 +219,8 @@ class Registry:
         for f in s.features:
             if f.feature >= sae.d_sae:
                 raise InvalidSteering(f"feature {f.feature} is out of range: SAE {sae.name!r} has {sae.d_sae} latents")
+        for f in s.features:
+            _check_scaled(f.value, s.strength, f"feature {f.feature}'s value ({f.value:g})")
         edits = [FeatureEdit(f.feature, f.op, float(f.value) * s.strength) for f in s.features]
         condition = None
         if s.condition is not None:
@@ -284,7 +232,7 @@ class Registry:
             chook = str(c.hook) if c.hook is not None else csae.hook
             if chook is None:
                 raise InvalidSteering(f"SAE {csae.name!r} does not record its hook point; give condition `hook`")
-            condition = ConditionSpec(detector="sae_feature", hook=chook, threshold=_finite(float(c.threshold), "threshold"),
+            condition = ConditionSpec(detector="sae_feature", hook=chook, threshold=float(c.threshold),
                                       pooling=c.pooling, sae=FileRef(str(csae.path), csae.sha256),
                                       feature=c.feature, direction=c.direction)
         return SteeringSpec(interventions=[InterventionSpec(hook=hook, sae=FileRef(str(sae.path), sae.sha256),
@@ -308,12 +256,19 @@ class Registry:
         try:
             steering = Steering(self.lm, spec, check_model=False)
         except SaesteerError as e:
-            raise InvalidSteering(str(e)) from e
+            raise InvalidSteering(self.redact(str(e))) from e
         with self._lock:
             self._cache[key] = steering
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return steering
+
+    def redact(self, text: str) -> str:
+        """`text` without file paths, for a client: a registered SAE's path becomes its name, any
+        other absolute path `<path>` (a server never shows its file system)."""
+        for name, sae in sorted(self.saes.items(), key=lambda item: -len(str(item[1].path))):
+            text = text.replace(str(sae.path), repr(name))
+        return _ABSOLUTE_PATH.sub("<path>", text)
 
     def describe(self) -> dict[str, Any]:
         """What the page and `GET /v1/saesteer/info` show."""
@@ -338,6 +293,15 @@ def summarize(spec: SteeringSpec, saes: dict[str, RegisteredSAE]) -> list[dict[s
         else:
             out.append({"hook": iv.hook, "vector": True, "op": iv.op, "value": iv.value})
     return out
+
+
+def _check_scaled(value: float, strength: float, what: str) -> None:
+    """The edit a request makes is value x strength: refuse it over the cap (a registered spec's
+    own value stands at strength 1 even if it is larger)."""
+    scaled = abs(value * strength)
+    if scaled > max(MAX_ABS_VALUE, abs(value)):
+        raise InvalidSteering(f"{what} x strength ({strength:g}) = {scaled:g}, over the limit of "
+                              f"{MAX_ABS_VALUE:g}; lower the strength or the value")
 
 
 def scale_spec(spec: SteeringSpec, strength: float) -> SteeringSpec:
