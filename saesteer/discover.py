@@ -229,10 +229,14 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     is_harmful = [True] * len(causal_harmful) + [False] * len(causal_harmless)
     c_cfg = GenerationConfig(max_new_tokens=config.causal_max_new_tokens, batch_size=max(config.batch_size, 32))
 
+    n_values = max(1, len(config.causal_values) or len(config.causal_multipliers))
+    bar = tqdm(total=len(causal_prompts) * (1 + len(features) * n_values), unit="prompt",
+               desc="causal check", disable=not progress, leave=False)
+
     def refusal_rates(spec: SteeringSpec | None) -> tuple[float, float, list[str]]:
         stop = judge_stopper(judge, causal_prompts)
         with Steering(lm, spec, check_model=False).active() if spec is not None else _null():
-            gens = generate(lm, causal_prompts, c_cfg, should_stop=stop)
+            gens = generate(lm, causal_prompts, c_cfg, should_stop=stop, on_done=lambda _row, _gen: bar.update(1))
         js = judge.judge(causal_prompts, [g.text for g in gens])
         h = [j for j, m in zip(js, is_harmful) if m]
         s = [j for j, m in zip(js, is_harmful) if not m]
@@ -241,8 +245,6 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     base_h, base_s, base_texts = refusal_rates(None)
     sae_ref = FileRef(str(Path(sae_path).resolve()) if sae_path else str(out / "sae"),
                       sae.content_hash() if hasattr(sae, "content_hash") else None)
-    bar = tqdm(total=len(features) * max(1, len(config.causal_values) or len(config.causal_multipliers)),
-               desc="causal check", disable=not progress, leave=False)
     for feat in features:
         values = list(config.causal_values) or [round(m * max(feat["refusal_max_act"], 1e-3), 3)
                                                 for m in config.causal_multipliers]
@@ -256,7 +258,6 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                                    "score": (rh - base_h) - (rs - base_s),
                                    "examples": [{"prompt": p, "response": t} for p, t in
                                                 zip(causal_prompts[:2] + causal_prompts[-2:], texts[:2] + texts[-2:])]})
-            bar.update(1)
         best = max(feat["causal"], key=lambda c: (c["score"], c["harmful_gain"]))
         feat["causal_score"], feat["best_value"] = best["score"], best["value"]
         feat["best_harmful_gain"] = max(c["harmful_gain"] for c in feat["causal"])

@@ -104,6 +104,9 @@ OnToken = Callable[[int, int, str], None]
 """`on_token(row, token_id, text_so_far)`: called after each generated token is appended (streaming)."""
 OnFinish = Callable[[int, str], None]
 """`on_finish(row, finish_reason)`: called as a row leaves the batch (before the batch ends)."""
+OnDone = Callable[[int, "Generation"], None]
+"""`on_done(row, generation)`: a prompt's finished answer, as its row leaves the batch (progress per
+prompt, not per batch)."""
 
 
 def chat_template_spans(lm: ChatModel) -> tuple[int, int]:
@@ -170,7 +173,7 @@ def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
 def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationConfig | None = None,
              *, chat: bool = True, should_stop: ShouldStop | None = None,
              on_token: OnToken | None = None, on_finish: OnFinish | None = None,
-             progress: bool | str = False) -> list[Generation]:
+             on_done: OnDone | None = None, progress: bool | str = False) -> list[Generation]:
     """Generate one answer per prompt, in the order given.
 
     Prompts are chat prompts (a string or a list of messages) rendered with the model's chat
@@ -192,14 +195,19 @@ def generate(lm: ChatModel, prompts: Sequence[PromptLike], config: GenerationCon
     results: list[Generation | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc=progress if isinstance(progress, str) else "generate",
                unit="prompt", disable=not progress, leave=False)
+
+    def done(row: int, gen: Generation) -> None:
+        bar.update(1)
+        if on_done is not None:
+            on_done(row, gen)
+
     for start in range(0, len(order), config.batch_size):
         rows = order[start:start + config.batch_size]
         batch = [encoded[r] for r in rows]
         roles = [prompt_roles(lm, len(encoded[r]), chat=chat, last_turn=last_turns[r]) for r in rows]
-        gens = _generate_batch(lm, batch, roles, rows, config, should_stop, on_token, on_finish)
+        gens = _generate_batch(lm, batch, roles, rows, config, should_stop, on_token, on_finish, done)
         for row, gen in zip(rows, gens):
             results[row] = gen
-        bar.update(len(rows))
     bar.close()
     return [r for r in results if r is not None]
 
@@ -231,7 +239,8 @@ def _sample(logits: torch.Tensor, rows: list[int], config: GenerationConfig,
 
 def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]], rows: list[int],
                     config: GenerationConfig, should_stop: ShouldStop | None,
-                    on_token: OnToken | None = None, on_finish: OnFinish | None = None) -> list[Generation]:
+                    on_token: OnToken | None = None, on_finish: OnFinish | None = None,
+                    on_done: OnDone | None = None) -> list[Generation]:
     from transformers import DynamicCache
 
     device = lm.device
@@ -254,6 +263,16 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
     new_tokens: list[list[int]] = [[] for _ in batch]
     texts = [""] * len(batch)
     finished: dict[int, str] = {}
+    results: dict[int, Generation] = {}
+
+    def finish(i: int, reason: str) -> None:
+        finished[i] = reason
+        if on_finish is not None:
+            on_finish(rows[i], reason)
+        results[i] = _result(lm, batch[i], new_tokens[i], reason, config.stop_strings)
+        if on_done is not None:
+            on_done(rows[i], results[i])
+
     info = ForwardInfo(roles=role_t.to(device), rows=torch.tensor(rows, device=device), prefill=True)
     with forward_context(info):
         out = lm.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
@@ -267,9 +286,7 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
         keep: list[int] = []
         for j, i in enumerate(live):
             if is_stop[j]:
-                finished[i] = "stop"
-                if on_finish is not None:
-                    on_finish(rows[i], "stop")
+                finish(i, "stop")
                 continue
             new_tokens[i].append(next_list[j])
             if config.stop_strings or should_stop or on_token:
@@ -278,15 +295,13 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
                 on_token(rows[i], next_list[j], texts[i])
             hit = next((s for s in config.stop_strings if s in texts[i]), None)
             if hit is not None:
-                finished[i] = "stop_string"
+                finish(i, "stop_string")
             elif should_stop is not None and should_stop(rows[i], texts[i]):
-                finished[i] = "early"
+                finish(i, "early")
             elif len(new_tokens[i]) >= config.max_new_tokens:
-                finished[i] = "length"
+                finish(i, "length")
             else:
                 keep.append(j)
-            if on_finish is not None and i in finished:
-                on_finish(rows[i], finished[i])
         if not keep:
             break
         if len(keep) < len(live):
@@ -310,17 +325,19 @@ def _generate_batch(lm: ChatModel, batch: list[list[int]], roles: list[list[int]
             out = _full_forward(lm, input_ids, role_t.to(device), live,
                                 new_tokens, attention, live_rows, pad_id)
         logits = out.logits[:, -1]
-    results = []
-    for i, ids in enumerate(batch):
-        text = lm.tokenizer.decode(new_tokens[i], skip_special_tokens=True)
-        reason = finished.get(i, "length")
-        if reason == "stop_string":
-            cut = min(text.find(s) for s in config.stop_strings if s in text)
-            text = text[:cut]
-        results.append(Generation(text=text, n_prompt_tokens=len(ids),
-                                  n_new_tokens=len(new_tokens[i]), finish_reason=reason,
-                                  token_ids=new_tokens[i]))
-    return results
+    for i in range(len(batch)):
+        if i not in results:
+            finish(i, "length")
+    return [results[i] for i in range(len(batch))]
+
+
+def _result(lm: ChatModel, prompt_ids: list[int], new_tokens: list[int], reason: str,
+            stop_strings: tuple[str, ...]) -> Generation:
+    text = lm.tokenizer.decode(new_tokens, skip_special_tokens=True)
+    if reason == "stop_string":
+        text = text[:min(text.find(s) for s in stop_strings if s in text)]
+    return Generation(text=text, n_prompt_tokens=len(prompt_ids), n_new_tokens=len(new_tokens),
+                      finish_reason=reason, token_ids=new_tokens)
 
 
 def generate_one(lm: ChatModel, prompt: PromptLike, **config: Any) -> str:

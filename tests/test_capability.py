@@ -358,6 +358,17 @@ def test_cli_contract_and_bad_input(tmp_path):
         assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_progress_moves_per_item_not_per_chunk(tmp_path, lm, progress_bars):
+    from saesteer.evaluate import capability
+
+    bars = progress_bars(capability)
+    config = small_config(tasks=("mmlu_ll", "truthfulqa_mc2", "gsm8k"), judge=None, chunk=64)
+    evaluate_capability(lm, tmp_path / "cap", config, records=RECORDS)
+    assert [bar.desc for bar in bars] == ["mmlu_ll", "truthfulqa_mc2", "gsm8k"]
+    for bar in bars:   # log-likelihood items (several requests each) and generated items alike
+        assert bar.updates == [1] * bar.total and bar.n == bar.total > 1
+
+
 # --- the real model --------------------------------------------------------------------------------
 
 @pytest.mark.slow

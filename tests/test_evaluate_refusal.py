@@ -97,3 +97,13 @@ def test_summary_keeps_per_dataset_stats(tmp_path, dataset):
                                                                      judge="phrase"), progress=False)
     assert isinstance(summary["datasets"], dict) and summary["dataset_spec"] == dataset
     assert set(summary["datasets"]["prompts"]) == {"safe_over_refusal", "unsafe_refusal"}
+
+
+def test_progress_moves_per_prompt_not_per_chunk(tmp_path, dataset, progress_bars):
+    from saesteer.evaluate import refusal
+
+    bars = progress_bars(refusal)
+    config = RefusalEvalConfig(datasets=dataset, max_new_tokens=6, batch_size=2, judge="phrase", chunk=64)
+    evaluate_refusal(tiny_model("llama"), tmp_path / "eval", config)
+    (bar,) = bars
+    assert bar.updates == [1] * len(ROWS) and bar.n == bar.total == len(ROWS)

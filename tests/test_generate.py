@@ -112,3 +112,17 @@ def test_a_conversations_earlier_turns_are_history_and_its_last_message_is_conte
         last_turn = content_mask(2, roles.shape[1], roles.device, "last_turn")
     assert whole[0].sum() > last_turn[0].sum() > 0
     assert torch.equal(whole[1], last_turn[1])
+
+
+def test_on_done_hears_each_prompt_as_its_row_leaves_the_batch(tiny_llama):
+    heard = []
+    config = GenerationConfig(max_new_tokens=8, batch_size=4)
+    gens = generate(tiny_llama, PROMPTS, config, should_stop=lambda row, text: row == 2 and len(text) > 0,
+                    on_done=lambda row, gen: heard.append((row, gen)))
+    assert sorted(row for row, _ in heard) == list(range(len(PROMPTS)))   # once per prompt
+    assert all(gen is gens[row] for row, gen in heard)
+    # Row 2 stopped after one token, so it was reported while longer rows were still generating.
+    order = [row for row, _ in heard]
+    assert gens[2].finish_reason == "early" and any(g.n_new_tokens > 1 for g in gens)
+    assert all(order.index(2) < order.index(r) for r, g in enumerate(gens) if g.n_new_tokens > 1)
+    assert gens == generate(tiny_llama, PROMPTS, config, should_stop=lambda row, text: row == 2 and len(text) > 0)

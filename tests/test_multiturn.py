@@ -135,7 +135,8 @@ def crescendo(lm, tmp_path, script, *, out="out", **config):
 def test_runs_to_max_turns_in_lockstep(lm, tmp_path, data_dir, monkeypatch):
     calls = []
     real = base.generate
-    monkeypatch.setattr(base, "generate", lambda lm, prompts, cfg: calls.append(len(prompts)) or real(lm, prompts, cfg))
+    monkeypatch.setattr(base, "generate",
+                        lambda lm, prompts, cfg, **kw: calls.append(len(prompts)) or real(lm, prompts, cfg, **kw))
     summary, rows, attacker = crescendo(lm, tmp_path, lambda key, n: msg(f"question {n}"), max_turns=3)
     assert len(rows) == 4 and all(r["status"] == "failed" and r["turns"] == 3 for r in rows)
     assert all(len(r["transcript"]) == 6 and len(r["events"]) == 3 for r in rows)
@@ -143,6 +144,17 @@ def test_runs_to_max_turns_in_lockstep(lm, tmp_path, data_dir, monkeypatch):
     assert summary["asr_pooled"]["rate"] == 0 and summary["asr_pooled"]["n"] == 4
     assert summary["objectives"]["a"]["ci95"][1] > 0.5            # Wilson at n=2
     assert summary["complete"] and summary["spec_hash"] is None
+
+
+def test_progress_moves_per_conversation_and_counts_each_answer(lm, tmp_path, data_dir, progress_bars):
+    from saesteer.attacks import crescendo as module
+
+    bars = progress_bars(module)
+    _, rows, _ = crescendo(lm, tmp_path, lambda key, n: msg(f"question {n}"), max_turns=3)
+    (bar,) = bars
+    assert bar.updates == [1, 1, 1, 1]
+    answers = [p["answers"] for p in bar.postfixes]
+    assert answers == sorted(answers) and answers[-1] == sum(len(r["events"]) for r in rows) == 12
 
 
 def test_success_stops_the_conversation(lm, tmp_path, data_dir):
@@ -474,6 +486,17 @@ def test_replay_generates_final_answers_judges_and_resumes(lm, tmp_path):
     again = evaluate_replay(lm, tmp_path / "out", config, progress=False)
     rows2 = {r["id"]: r for r in read_jsonl(tmp_path / "out" / "conversations.jsonl")}
     assert again["final_turn_refusal"]["n"] == 3 and rows2["c2"]["response"] == rows["c2"]["response"]
+
+
+def test_replay_progress_moves_per_conversation_not_per_chunk(lm, tmp_path, progress_bars):
+    from saesteer.attacks import replay
+
+    bars = progress_bars(replay)
+    path = tmp_path / "convs.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
+    evaluate_replay(lm, tmp_path / "out", ReplayConfig(datasets=str(path), max_new_tokens=3, judge="phrase"))
+    (bar,) = bars
+    assert bar.updates == [1, 1, 1] and bar.n == bar.total == 3
 
 
 @pytest.mark.skipif(not os.environ.get("SAESTEER_DATA"), reason="needs SAESTEER_DATA (shared/data)")

@@ -12,7 +12,7 @@ from typing import Any
 
 from saesteer.evaluate.rundir import previous_run
 from saesteer.files import ensure_dir, read_jsonl, write_json
-from saesteer.generate import GenerationConfig, Generation, encode_prompt, generate
+from saesteer.generate import GenerationConfig, Generation, OnDone, encode_prompt, generate
 from saesteer.models import ChatModel, Conversation
 from saesteer.steer import Steering, SteeringSpec
 
@@ -56,16 +56,18 @@ def _maybe(steering: Steering | None) -> Iterator[None]:
 
 
 def generate_turns(lm: ChatModel, conversations: list[Conversation], config: GenerationConfig,
-                   steering: Steering | None) -> tuple[list[Generation], list[bool] | None]:
+                   steering: Steering | None, *,
+                   on_done: OnDone | None = None) -> tuple[list[Generation], list[bool] | None]:
     """One batched generation of the next assistant turn of each conversation, steered if asked.
 
     Conditional steering decides per conversation from everything in it; the decisions come back
-    as the second value (None without a condition).
+    as the second value (None without a condition). `on_done(i, generation)` hears of each
+    conversation's turn as it finishes.
     """
     if not conversations:
         return [], None
     with _maybe(steering):
-        gens = generate(lm, conversations, config)
+        gens = generate(lm, conversations, config, on_done=on_done)
     gate = steering.gate if steering is not None else None
     decisions = [bool(gate.decisions.get(i, False)) for i in range(len(conversations))] if gate else None
     return gens, decisions

@@ -174,6 +174,12 @@ def run_crescendo(lm: ChatModel, out: str | Path, config: CrescendoConfig,
     total = len(objectives) * config.conversations
     bar = tqdm(total=total, initial=total - len(todo), unit="conv", desc="crescendo", disable=not progress)
     started = time.time()
+    status = {"step": 0, "live": 0, "answers": 0}   # the bar moves per conversation, this per answer
+
+    def show(**change: int) -> None:
+        status.update(change)
+        bar.set_postfix(status)
+
     with JsonlAppender(out / ROWS) as writer:
         for start in range(0, len(todo), config.chunk):
             attacks = [_Attack(_key(o, k), o, k,
@@ -181,7 +187,8 @@ def run_crescendo(lm: ChatModel, out: str | Path, config: CrescendoConfig,
                        for o, k in todo[start:start + config.chunk]]
             _run_lockstep(lm, attacks, config, steering, attacker, scorer, judge, prefill, prompt.placeholders(),
                           lambda a: (writer.write({**_row(a), "spec_hash": spec_hash}), bar.update(1)),
-                          lambda step, live: bar.set_postfix(step=step, live=live))
+                          lambda step, live: show(step=step, live=live),
+                          lambda: show(answers=status["answers"] + 1))
     bar.close()
     by_id = {row["id"]: row for row in read_jsonl(out / ROWS, tolerate_torn_tail=True)}
     rows = [by_id[_key(o, k)] for o in objectives for k in range(config.conversations) if _key(o, k) in by_id]
@@ -206,7 +213,9 @@ def _describe(scorer: Any) -> Any:
 
 def _run_lockstep(lm: ChatModel, attacks: list[_Attack], config: CrescendoConfig, steering: Steering | None,
                   attacker: ChatBackend, scorer: Scorer, judge: Any, prefill: bool, placeholders: set[str],
-                  finish: Any, on_step: Any = None) -> None:
+                  finish: Any, on_step: Any = None, on_answer: Any = None) -> None:
+    """Advance every conversation one turn per step until all have ended; `finish(attack)` as each
+    ends, `on_step(step, live)` as each step starts, `on_answer()` as each target answer finishes."""
     target_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.target_temperature,
                                   batch_size=config.batch_size, system=config.system, seed=config.seed)
     step = 0
@@ -250,7 +259,8 @@ def _run_lockstep(lm: ChatModel, attacks: list[_Attack], config: CrescendoConfig
 
         # 2. The target answers all of them in one batched, steered generation.
         convs = [a.target + [{"role": "user", "content": m.text}] for a, m, _, _ in ready]
-        gens, decisions = generate_turns(lm, convs, replace(target_cfg, seed=config.seed * 1000 + step), steering)
+        gens, decisions = generate_turns(lm, convs, replace(target_cfg, seed=config.seed * 1000 + step), steering,
+                                         on_done=None if on_answer is None else lambda _i, _gen: on_answer())
         verdicts = judge.judge([m.text for _, m, _, _ in ready], [g.text for g in gens]) if ready else []
 
         # 3. Refused answers are backtracked while backtracks are left; the rest are scored.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,9 @@ def evaluate_replay(lm: ChatModel, out: str | Path, config: ReplayConfig,
     with JsonlAppender(out / ROWS) as writer:
         for start in range(0, len(todo), config.chunk):
             chunk = todo[start:start + config.chunk]
-            for row in _replay_chunk(lm, chunk, config, gen_cfg, judge, steering):
+            for row in _replay_chunk(lm, chunk, config, gen_cfg, judge, steering,
+                                     on_done=lambda _conversation: bar.update(1)):
                 writer.write({**row, "spec_hash": spec_hash})
-            bar.update(len(chunk))
     bar.close()
     by_id = {row["id"]: row for row in read_jsonl(out / ROWS, tolerate_torn_tail=True)}
     rows = [by_id[r.id] for r in records if r.id in by_id]
@@ -108,8 +109,13 @@ def evaluate_replay(lm: ChatModel, out: str | Path, config: ReplayConfig,
 
 
 def _replay_chunk(lm: ChatModel, chunk: list[Record], config: ReplayConfig, gen_cfg: GenerationConfig,
-                  judge: Any, steering: Steering | None) -> list[dict[str, Any]]:
-    """Play a chunk of conversations in lockstep: step k answers each one's k-th pending user turn."""
+                  judge: Any, steering: Steering | None,
+                  on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Play a chunk of conversations in lockstep: step k answers each one's k-th pending user turn.
+
+    `on_done(i)` hears of conversation i as soon as its last answer is generated (or it is found
+    too long), so progress moves per conversation, not per chunk."""
+    done = on_done or (lambda _i: None)
     plans = [replay_plan(r, config.fill_missing) for r in chunk]
     built: list[Conversation] = [[] for _ in chunk]
     cursor = [0] * len(chunk)
@@ -124,11 +130,14 @@ def _replay_chunk(lm: ChatModel, chunk: list[Record], config: ReplayConfig, gen_
             cursor[i] = points[step] + 1
             if not fits(lm, built[i], gen_cfg):
                 too_long[i] = True
+                done(i)
                 continue
             live.append(i)
             prompts.append(list(built[i]))
         cfg = replace(gen_cfg, seed=gen_cfg.seed * 1000 + step)
-        gens, decisions = generate_turns(lm, prompts, cfg, steering)
+        last = [step == len(plans[i][1]) - 1 for i in live]
+        gens, decisions = generate_turns(lm, prompts, cfg, steering,
+                                         on_done=lambda j, _gen: done(live[j]) if last[j] else None)
         verdicts = judge.judge([p[-1]["content"] for p in prompts], [g.text for g in gens]) if gens else []
         for j, (i, g, v) in enumerate(zip(live, gens, verdicts)):
             turn = {"index": len(built[i]), "response": g.text, "refusal": bool(v.refusal),

@@ -24,7 +24,7 @@ import json
 import random
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,15 +161,18 @@ class _Runner:
         gate = self.steering.gate if self.steering is not None else None
         return dict(gate.decisions) if gate is not None else None
 
-    def run(self, task: str, items: list[Item]) -> list[dict[str, Any]]:
+    def run(self, task: str, items: list[Item], on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Score a chunk of items (rows are written by the caller); `on_done(i)` hears of item i as
+        soon as its answer or its last log-likelihood is ready, so progress moves per item."""
         form = task_format(task)
-        rows = (self._loglikelihood(form, items) if form in ("mmlu_ll", "truthfulqa_mc1", "truthfulqa_mc2")
-                else self._generate(form, items))
+        rows = (self._loglikelihood(form, items, on_done) if form in ("mmlu_ll", "truthfulqa_mc1", "truthfulqa_mc2")
+                else self._generate(form, items, on_done))
         for row in rows:
             row["task"] = task
         return rows
 
-    def _loglikelihood(self, task: str, items: list[Item]) -> list[dict[str, Any]]:
+    def _loglikelihood(self, task: str, items: list[Item],
+                       on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         requests: list[tuple[str, str]] = []
         groups: list[str] = []
         spans: list[tuple[int, int]] = []
@@ -187,9 +190,17 @@ class _Runner:
             requests += [(context, c) for c in conts]
             groups += [group] * len(conts)
         gate = self.steering is not None and self.steering.gate is not None
+        owner = [i for i, (a, b) in enumerate(spans) for _ in range(a, b)]
+        left = [b - a for a, b in spans]
+
+        def scored(request: int) -> None:
+            left[owner[request]] -= 1
+            if left[owner[request]] == 0 and on_done is not None:
+                on_done(owner[request])
+
         with self.active():
             results = loglikelihoods(self.lm, requests, batch_size=self.config.batch_size, groups=groups,
-                                     share_prefix=self.config.share_prefix and not gate)
+                                     share_prefix=self.config.share_prefix and not gate, on_done=scored)
         decisions = self.decisions()
         rows = []
         for it, (a, b) in zip(items, spans):
@@ -210,7 +221,8 @@ class _Runner:
             rows.append(row)
         return rows
 
-    def _generate(self, task: str, items: list[Item]) -> list[dict[str, Any]]:
+    def _generate(self, task: str, items: list[Item],
+                  on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         c = self.config
         if task == "mmlu_gen":
             prompts: list[Any] = [fmt.mmlu_gen_conversation(it.record.category or "", it.shots, it.record)
@@ -230,7 +242,8 @@ class _Runner:
                                        stop_strings=fmt.GSM8K_STOP, seed=c.seed)
             chat, stop = False, None
         with self.active():
-            gens = generate(self.lm, prompts, gen_cfg, chat=chat, should_stop=stop)
+            gens = generate(self.lm, prompts, gen_cfg, chat=chat, should_stop=stop,
+                            on_done=None if on_done is None else lambda row, _gen: on_done(row))
         decisions = self.decisions()
         rows = []
         for i, (it, g) in enumerate(zip(items, gens)):
@@ -325,9 +338,8 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
                        desc=f"{task}{rank}")
             for start in range(0, len(todo), config.chunk):
                 chunk = todo[start:start + config.chunk]
-                for row in runner.run(task, chunk):
+                for row in runner.run(task, chunk, on_done=lambda _item: bar.update(1)):
                     writer.write({**row, "spec_hash": spec_hash})
-                bar.update(len(chunk))
             bar.close()
     barrier(shard)
     if not shard.is_main:

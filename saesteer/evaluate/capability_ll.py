@@ -18,7 +18,7 @@ off under conditional steering, whose per-row decision must read the whole conte
 from __future__ import annotations
 
 import copy
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,12 +75,14 @@ class _Input:
 @torch.inference_mode()
 def loglikelihoods(lm: ChatModel, requests: Sequence[tuple[str, str]], *, batch_size: int = 8,
                    groups: Sequence[Hashable] | None = None, share_prefix: bool = True,
-                   progress: bool | str = False) -> list[LogLikelihood]:
+                   progress: bool | str = False,
+                   on_done: Callable[[int], None] | None = None) -> list[LogLikelihood]:
     """log p(continuation | context) for each (context, continuation), in the order given.
 
     `groups` (one key per request, e.g. the MMLU subject) says which requests share a few-shot
     prefix worth caching; without it all requests form one group. Inputs longer than the
-    model's context are cut from the left, as lm-eval does.
+    model's context are cut from the left, as lm-eval does. `on_done(i)` hears of request i as
+    soon as it is scored (for progress per item rather than per call).
     """
     if batch_size < 1:
         raise SaesteerError("batch_size must be at least 1")
@@ -114,6 +116,10 @@ def loglikelihoods(lm: ChatModel, requests: Sequence[tuple[str, str]], *, batch_
             batch = members[start:start + batch_size]
             _score_batch(lm, batch, prefix_len, cache, results)
             bar.update(sum(len(m.requests) for m in batch))
+            if on_done is not None:
+                for m in batch:
+                    for index, _ in m.requests:
+                        on_done(index)
     bar.close()
     return [r for r in results if r is not None]
 

@@ -22,7 +22,7 @@ from saesteer.evaluate.distributed import Shard, barrier, current_shard
 from saesteer.evaluate.rundir import previous_run
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
-from saesteer.generate import GenerationConfig, generate
+from saesteer.generate import GenerationConfig, OnDone, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
 
@@ -83,10 +83,10 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     with JsonlAppender(path) as writer:
         for start in range(0, len(todo), config.chunk):
             chunk = todo[start:start + config.chunk]
-            rows = _run_chunk(lm, chunk, gen_cfg, judge, steering, config.early_stop)
-            for record, row in zip(chunk, rows):
+            rows = _run_chunk(lm, chunk, gen_cfg, judge, steering, config.early_stop,
+                              on_done=lambda _row, _gen: bar.update(1))
+            for row in rows:
                 writer.write({**row, "spec_hash": spec_hash})
-            bar.update(len(chunk))
     bar.close()
     barrier(shard)
     if not shard.is_main:
@@ -101,7 +101,9 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
 
 
 def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, judge: Any,
-               steering: Steering | None, early_stop: bool) -> list[dict[str, Any]]:
+               steering: Steering | None, early_stop: bool, on_done: OnDone | None = None) -> list[dict[str, Any]]:
+    """Generate and judge a chunk of prompts (rows are written by the caller); `on_done` hears of
+    each prompt as its answer finishes, so progress moves per prompt, not per chunk."""
     from saesteer.judge import judge_stopper
 
     prompts = [r.prompt for r in chunk]
@@ -109,10 +111,10 @@ def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, ju
     stop = judge_stopper(judge, texts) if early_stop else None
     if steering is not None:
         with steering.active():
-            gens = generate(lm, prompts, gen_cfg, should_stop=stop)
+            gens = generate(lm, prompts, gen_cfg, should_stop=stop, on_done=on_done)
         decisions = steering.gate.decisions if steering.gate is not None else None
     else:
-        gens = generate(lm, prompts, gen_cfg, should_stop=stop)
+        gens = generate(lm, prompts, gen_cfg, should_stop=stop, on_done=on_done)
         decisions = None
     verdicts = judge.judge(texts, [g.text for g in gens])
     rows = []
