@@ -168,8 +168,11 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[di
     if not path.exists():
         raise SaesteerError(f"file not found: {path}")
     rows: list[dict] = []
+    data = path.read_bytes()
+    if tolerate_torn_tail:
+        data = data[:_whole_lines_end(data)]
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
         raise SaesteerError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON lines") from e
     for n, line in enumerate(lines, 1):
@@ -178,8 +181,6 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[di
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            if tolerate_torn_tail and n == len(lines):
-                break
             raise SaesteerError(f"{path}:{n} is not valid JSON ({e.msg}); fix or delete that line") from e
         if not isinstance(row, dict):
             raise SaesteerError(f"{path}:{n} is a JSON {type(row).__name__}, not an object; each line must be "
@@ -221,6 +222,19 @@ class JsonlAppender:
         self.close()
 
 
+def _whole_lines_end(data: bytes) -> int:
+    """Where the data ends without its torn tail: a last line that lacks its newline and does
+    not parse (not UTF-8 either: a kill may cut a character in half). A complete one stays."""
+    cut = data.rfind(b"\n") + 1
+    if cut == len(data):
+        return cut
+    try:
+        json.loads(data[cut:].decode("utf-8"))
+    except ValueError:  # JSONDecodeError or UnicodeDecodeError
+        return cut
+    return len(data)
+
+
 def _repair_tail(path: Path) -> None:
     """End the file with a newline: keep a complete last row, cut a torn one (as `read_jsonl` reads them)."""
     with open(path, "r+b") as f:
@@ -232,11 +246,9 @@ def _repair_tail(path: Path) -> None:
             return
         f.seek(0)
         data = f.read()
-        cut = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[cut:])
-        except ValueError:  # JSONDecodeError, or a multi-byte character cut in half
-            f.truncate(cut)
+        end = _whole_lines_end(data)
+        if end < len(data):
+            f.truncate(end)
         else:
             f.write(b"\n")
         f.flush()
