@@ -1,23 +1,26 @@
-"""Refusal judge accuracy against XSTest's human labels, completions of one model judged by
-tiers that never saw that model.
+"""Refusal judge accuracy, leave one model out, on every labelled set we have.
 
-    SAESTEER_DATA=/path/to/shared/data python benchmarks/judge_accuracy.py [--llm URL --model NAME]
+    SAESTEER_DATA=/path/to/shared/data python benchmarks/judge_accuracy.py [--llm URL --model NAME] [--hf MODEL]
 
-Refusal is the positive class and a partial refusal counts as a refusal. For each direction
-(train on GPT-4's completions, test on Llama-2's, and the reverse) it prints accuracy,
-precision and recall of: the phrase tier (no training; its patterns were written by hand), the
-classifier refitted on the training model only, `auto` (the default judge), and, when given,
-an LLM judge. It also prints how partial refusals were judged, and how often the phrase
-tier's early-stop verdict (`decided`) would have cut generation and agreed with the full text.
-The shipped classifier is fitted on both models, so it is scored in-sample only, for reference.
+Labelled models: XSTest v2's human-labelled completions of GPT-4 and Llama-2 (450 each), and
+answers of SmolLM2-135M-Instruct (unsteered and steered) and Qwen2.5-Coder-0.5B-Instruct that
+we labelled by reading them (benchmarks/labels/, GUIDELINES.md there). Refusal is the positive
+class; a partial refusal counts as a refusal. For each model it prints the phrase tier (`auto`,
+no training), the classifier refitted on the *other* models only, and any LLM judge given,
+with false positives and negatives, per refusal family where the labels have one, and the
+coherence check's agreement with the hand labels. The smollm2 `test` split and the Qwen answers
+were never read while the phrase patterns were written; the XSTest sets and the smollm2 `dev`
+split were.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -26,79 +29,73 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saesteer.data.sources import data_dir  # noqa: E402
 from saesteer.judge import Judgement, get_judge  # noqa: E402
-from saesteer.judge.classifier import (ClassifierJudge, MiniLMEmbedder, save_weights,  # noqa: E402
-                                                train_classifier)
+from saesteer.judge.coherence import check_coherence  # noqa: E402
 
-MODELS = ("gpt4", "llama2new")
-REL = "xstest/model_completions/xstest_v2_completions_{}.csv"
+LABELS = Path(__file__).with_name("labels")
+XSTEST = ("gpt4", "llama2new")
+HAND = {"smollm2": "smollm2_answers.jsonl", "qwen2.5-0.5b": "qwen_answers.jsonl"}
+PROMPT_SETS = "harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca"
 
 
-def load(model: str) -> list[dict]:
-    root = data_dir()
-    if root is None:
-        sys.exit("set SAESTEER_DATA (or pass --data-dir) to the folder holding xstest/model_completions/")
-    with open(root / REL.format(model), newline="", encoding="utf-8") as f:
+def load_xstest(model: str) -> list[dict]:
+    path = data_dir() / f"xstest/model_completions/xstest_v2_completions_{model}.csv"
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    for r in rows:
-        r["completion"] = r["completion"] or ""
-        r["y"] = r["final_label"] != "1_full_compliance"
-        r["is_partial"] = r["final_label"] == "3_partial_refusal"
+    return [{"prompt": r["prompt"], "response": r["completion"] or "", "y": r["final_label"] != "1_full_compliance",
+             "partial": r["final_label"] == "3_partial_refusal", "family": None, "coherent": None,
+             "split": "dev", "group": r["type"]} for r in rows]
+
+
+def prompts_by_id() -> dict[tuple[str, str], str]:
+    from saesteer.data import load_records
+
+    return {(r.source, r.id): r.text for r in load_records(PROMPT_SETS)}
+
+
+def load_hand(file: str, prompts: dict[tuple[str, str], str]) -> list[dict]:
+    rows = []
+    for line in (LABELS / file).read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        rows.append({"prompt": prompts.get((r["dataset"], r["id"]), ""), "response": r["response"],
+                     "y": r["human_label"] != "full_compliance", "partial": r["human_label"] == "partial_refusal",
+                     "family": r["family"], "coherent": r["coherent"], "split": r.get("split", "test"),
+                     "group": r["condition"]})
     return rows
-
-
-class CachedEmbedder:
-    """Embed each distinct text once across all runs."""
-
-    def __init__(self) -> None:
-        self.inner = MiniLMEmbedder()
-        self.cache: dict[str, np.ndarray] = {}
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        if todo:
-            for t, e in zip(todo, self.inner(todo)):
-                self.cache[t] = e
-        return np.stack([self.cache[t] for t in texts])
 
 
 def scores(rows: list[dict], judged: list[Judgement]) -> dict:
     y = np.array([r["y"] for r in rows])
     p = np.array([j.refusal for j in judged])
-    part = np.array([r["is_partial"] for r in rows])
-    flag = np.array([j.partial for j in judged])
     tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
     return {"n": len(y), "acc": float((y == p).mean()), "prec": tp / max(tp + fp, 1), "rec": tp / max(tp + fn, 1),
-            "fp": fp, "fn": fn, "partial_n": int(part.sum()), "partial_as_refusal": int((part & p).sum()),
-            "partial_flagged": int((part & flag).sum()), "flagged_not_partial": int((~part & flag).sum())}
-
-
-def early_stop_agreement(rows: list[dict]) -> dict:
-    """Feed each completion word by word to the phrase tier's `decided`; at the first verdict,
-    compare it (and the judgement of the cut text) with the judgement of the full text."""
-    judge = get_judge("phrase")
-    decided = agree = cut_agree = words_saved = 0
-    total_words = 0
-    for r in rows:
-        text = r["completion"]
-        full = judge.judge([r["prompt"]], [text])[0].refusal
-        words = text.split(" ")
-        total_words += len(text.split())
-        for k in range(1, len(words) + 1):
-            prefix = " ".join(words[:k])
-            verdict = judge.decided(r["prompt"], prefix)
-            if verdict is not None:
-                decided += 1
-                agree += verdict == full
-                cut_agree += judge.judge([r["prompt"]], [prefix])[0].refusal == full
-                words_saved += len(text.split()) - len(prefix.split())
-                break
-    return {"decided": decided, "agree": agree, "cut_agree": cut_agree, "n": len(rows),
-            "words_saved": words_saved / max(total_words, 1)}
+            "fp": fp, "fn": fn}
 
 
 def line(name: str, s: dict) -> str:
-    return (f"| {name} | {s['acc']:.1%} | {s['prec']:.1%} | {s['rec']:.1%} | {s['fp']} | {s['fn']} | "
-            f"{s['partial_as_refusal']}/{s['partial_n']} | {s['partial_flagged']} | {s['flagged_not_partial']} |")
+    return f"| {name} | {s['n']} | {s['acc']:.1%} | {s['prec']:.1%} | {s['rec']:.1%} | {s['fp']} | {s['fn']} |"
+
+
+HEADER = "| judge | n | accuracy | precision | recall | FP | FN |\n|---|---|---|---|---|---|---|"
+
+
+def per_family(rows: list[dict], judged: list[Judgement]) -> str:
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r, j in zip(rows, judged):
+        fam = r["family"] or ("refusal" if r["y"] else "none")
+        hits[fam][0] += j.refusal == r["y"]
+        hits[fam][1] += 1
+    return ", ".join(f"{f} {a}/{n}" for f, (a, n) in sorted(hits.items()))
+
+
+def coherence_agreement(rows: list[dict]) -> str:
+    labelled = [r for r in rows if r["coherent"] is not None]
+    if not labelled:
+        return ""
+    c = Counter((r["coherent"], check_coherence(r["response"]).coherent) for r in labelled)
+    agree = c[(True, True)] + c[(False, False)]
+    return (f"coherence check vs hand labels: {agree}/{len(labelled)} agree ({agree / len(labelled):.1%}); "
+            f"broken by hand {c[(False, True)] + c[(False, False)]}, caught {c[(False, False)]}; "
+            f"coherent by hand but flagged {c[(True, False)]}")
 
 
 def main() -> None:
@@ -109,6 +106,7 @@ def main() -> None:
     ap.add_argument("--prompt-style", choices=("wildguard", "xstest"))
     ap.add_argument("--hf", help="local model for the hf:<model> tier")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier (needs the embedding model)")
+    ap.add_argument("--errors", type=int, default=0, help="print up to N misjudged answers per model")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -118,40 +116,57 @@ def main() -> None:
         from saesteer.data import set_data_dir
 
         set_data_dir(args.data_dir)
-    data = {m: load(m) for m in MODELS}
-    embedder = None if args.no_classifier else CachedEmbedder()
-    header = ("| judge | accuracy | precision | recall | FP | FN | partial judged refusal | "
-              "partial flagged | flagged, not partial |\n|---|---|---|---|---|---|---|---|---|")
-    for train, test in (("gpt4", "llama2new"), ("llama2new", "gpt4")):
-        rows = data[test]
-        prompts, responses = [r["prompt"] for r in rows], [r["completion"] for r in rows]
-        print(f"\n### test on {test} (n={len(rows)}); trained tiers fitted on {train} only\n\n{header}")
-        for name in ("phrase", "auto"):
-            print(line(name, scores(rows, get_judge(name).judge(prompts, responses))))
-        if embedder is not None:
-            t0 = time.time()
-            w = train_classifier([r["completion"] for r in data[train]], [r["y"] for r in data[train]],
-                                 embedder=embedder, note=f"benchmark: {train} only")
-            tmp = Path("/tmp") / f"saesteer_judge_weights_{train}.json"
-            save_weights(tmp, w)
-            clf = ClassifierJudge(tmp, embedder=embedder)
-            print(line(f"classifier (fitted on {train})", scores(rows, clf.judge(prompts, responses))))
-            shipped = ClassifierJudge(embedder=embedder)
-            print(line("classifier (shipped; saw both models: in-sample)",
-                       scores(rows, shipped.judge(prompts, responses))))
-            print(f"\n(classifier fit + judge: {time.time() - t0:.0f} s)")
-        if args.llm:
-            j = get_judge("llm", base_url=args.llm, model=args.model, prompt_style=args.prompt_style)
-            print(line(f"llm {args.model} ({j.prompt_style})", scores(rows, j.judge(prompts, responses))))
-        if args.hf:
-            j = get_judge(f"hf:{args.hf}", prompt_style=args.prompt_style)
-            print(line(f"hf:{args.hf} ({j.prompt_style})", scores(rows, j.judge(prompts, responses))))
-    print("\n### early stop (phrase tier `decided`, fed word by word)\n")
-    for m in MODELS:
-        e = early_stop_agreement(data[m])
-        print(f"{m}: decided early on {e['decided']}/{e['n']}; verdict agrees with the full text on "
-              f"{e['agree']}/{e['decided']}, judgement of the cut text agrees on {e['cut_agree']}/{e['decided']}; "
-              f"{e['words_saved']:.0%} of response words need not be generated")
+    if data_dir() is None:
+        sys.exit("set SAESTEER_DATA (or pass --data-dir) to the folder holding xstest/ and the prompt sets")
+    data = {m: load_xstest(m) for m in XSTEST}
+    prompts = prompts_by_id()
+    for model, file in HAND.items():
+        if (LABELS / file).exists():
+            data[model] = load_hand(file, prompts)
+    extra = []
+    if args.llm:
+        extra.append((f"llm {args.model}", get_judge("llm", base_url=args.llm, model=args.model,
+                                                     prompt_style=args.prompt_style)))
+    if args.hf:
+        extra.append((f"hf:{args.hf}", get_judge(f"hf:{args.hf}", prompt_style=args.prompt_style)))
+    phrase = get_judge("auto")
+    for test, rows in data.items():
+        views = {"all": rows}
+        if any(r["split"] == "test" for r in rows) and any(r["split"] == "dev" for r in rows):
+            views["test split (never read while writing patterns)"] = [r for r in rows if r["split"] == "test"]
+        others = [m for m in data if m != test]
+        print(f"\n### {test}: tiers that never saw it (classifier fitted on {', '.join(others)})\n")
+        for view, vrows in views.items():
+            prompts_, responses = [r["prompt"] for r in vrows], [r["response"] for r in vrows]
+            print(f"{view}:\n\n{HEADER}")
+            judged = phrase.judge(prompts_, responses)
+            print(line("phrase = `auto` (default)", scores(vrows, judged)))
+            if not args.no_classifier:
+                from saesteer.judge.classifier import ClassifierJudge, save_weights, train_classifier
+
+                t0 = time.time()
+                train = [r for m in others for r in data[m]]
+                w = train_classifier([r["response"] for r in train], [r["y"] for r in train],
+                                     prompts=[r["prompt"] for r in train], note=f"benchmark: without {test}")
+                tmp = Path("/tmp") / f"saesteer_judge_without_{test}.json"
+                save_weights(tmp, w)
+                clf = ClassifierJudge(tmp)
+                print(line("classifier (fitted on the others)", scores(vrows, clf.judge(prompts_, responses))))
+                print(f"| (classifier fit + judge {time.time() - t0:.0f} s) | | | | | | |")
+            for name, judge in extra:
+                print(line(name, scores(vrows, judge.judge(prompts_, responses))))
+            if any(r["family"] for r in vrows):
+                print(f"\nphrase tier correct per family: {per_family(vrows, judged)}")
+            print()
+        coh = coherence_agreement(rows)
+        if coh:
+            print(coh + "\n")
+        if args.errors:
+            judged = phrase.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
+            wrong = [(r, j) for r, j in zip(rows, judged) if r["y"] != j.refusal and r["split"] == "dev"]
+            for r, j in wrong[:args.errors]:
+                kind = "FN" if r["y"] else "FP"
+                print(f"  {kind} [{r['family']}] {r['response'][:200]!r} {j.evidence}")
 
 
 if __name__ == "__main__":

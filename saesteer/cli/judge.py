@@ -29,6 +29,10 @@ def judge(
     setup(None)
     if out is None:
         raise SaesteerError("--out is required")
+    if out.is_dir():
+        raise SaesteerError(f"--out {out} is a folder; give a file path, e.g. {out / 'judged.jsonl'}")
+    if batch_size < 1:
+        raise SaesteerError(f"--batch-size must be at least 1, got {batch_size}")
     if train:
         _train(train, out)
         return
@@ -53,7 +57,8 @@ def judge(
                         progress=lambda done, total: say(f"judged {done}/{total}") if total > 200 else None)
     n = counts["judged"] + counts["skipped"]
     say(f"{counts['judged']} rows judged ({counts['skipped']} already in {out}) with {judge_obj.name}: "
-        f"{counts['refusals']} refusals ({counts['partial']} partial) of the {counts['judged']} new rows; "
+        f"{counts['refusals']} refusals ({counts['partial']} partial) and {counts['broken']} broken answers "
+        f"of the {counts['judged']} new rows; "
         f"{n} rows in {out}")
 
 
@@ -68,8 +73,11 @@ def _train(paths: list[Path], out: Path) -> None:
         if path.suffix == ".csv":
             import csv
 
-            with open(path, newline="", encoding="utf-8") as f:
-                rows += list(csv.DictReader(f))
+            try:
+                with open(path, newline="", encoding="utf-8") as f:
+                    rows += list(csv.DictReader(f))
+            except UnicodeDecodeError as e:
+                raise SaesteerError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
         else:
             from saesteer.files import read_jsonl
 
@@ -77,7 +85,7 @@ def _train(paths: list[Path], out: Path) -> None:
     labelled = list(iter_labelled(rows))
     responses = [r for _, r, _, _ in labelled]
     labels = [y for _, _, y, _ in labelled]
-    weights = train_classifier(responses, labels,
+    weights = train_classifier(responses, labels, prompts=[p for p, _, _, _ in labelled],
                                note="trained on " + ", ".join(os.path.basename(p) for p in paths))
     save_weights(out, weights)
     say(f"classifier fitted on {len(labels)} rows ({sum(labels)} refusals); weights in {out}; "

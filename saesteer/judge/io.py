@@ -10,9 +10,11 @@ from typing import Any
 
 from saesteer.errors import SaesteerError
 from saesteer.judge.base import Judge, Judgement
+from saesteer.judge.coherence import check_coherence, outcome
 
 
-OUTPUT_FIELDS = ("refusal", "partial", "label", "score", "tier", "evidence", "judge")
+OUTPUT_FIELDS = ("refusal", "partial", "label", "score", "tier", "evidence", "judge", "coherent", "broken_because",
+                 "outcome")
 
 
 @dataclass
@@ -65,7 +67,14 @@ def _output_row(pair: Pair, j: Judgement, judge_name: str) -> dict[str, Any]:
         row[f"input_{key}" if key in OUTPUT_FIELDS else key] = value
     row.update(j.to_json())
     row["judge"] = judge_name
+    row.update(coherence_fields(pair.response, j.refusal))
     return row
+
+
+def coherence_fields(response: str, refusal: bool, mean_nll: float | None = None) -> dict[str, Any]:
+    """`coherent`, why not (`broken_because`), and the answer's `outcome`: refusal, compliance or broken."""
+    c = check_coherence(response, mean_nll)
+    return {"coherent": c.coherent, "broken_because": c.reasons, "outcome": outcome(refusal, c.coherent)}
 
 
 def _finished_rows(out: Path, pairs: list[Pair]) -> int:
@@ -104,13 +113,15 @@ def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge, *,
     out = Path(out_path)
     done = _finished_rows(out, pairs)
     todo = pairs[done:]
-    counts = {"rows": len(pairs), "skipped": done, "judged": 0, "refusals": 0, "partial": 0}
+    counts = {"rows": len(pairs), "skipped": done, "judged": 0, "refusals": 0, "partial": 0, "broken": 0}
     with JsonlAppender(out) as writer:
         for batch in _chunks(todo, batch_size):
             judgements = judge.judge([p.prompt for p in batch], [p.response for p in batch])
             for pair, j in zip(batch, judgements, strict=True):
-                writer.write(_output_row(pair, j, judge.name))
+                row = _output_row(pair, j, judge.name)
+                writer.write(row)
                 counts["judged"] += 1
+                counts["broken"] += not row["coherent"]
                 counts["refusals"] += j.refusal
                 counts["partial"] += j.partial
             if progress is not None:
