@@ -1,10 +1,18 @@
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""The public datasets beside the checkout (CI runs a fresh clone with a copy of shared/ next to it)."""
+# Tests that read public datasets use them unless SAESTEER_DATA says otherwise; the package itself
+# keeps the hub as its default for users. A test that needs "no data directory" unsets it.
+if not os.environ.get("SAESTEER_DATA") and SHARED_DATA.is_dir():
+    os.environ["SAESTEER_DATA"] = str(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")

@@ -373,17 +373,12 @@ def test_progress_moves_per_item_not_per_chunk(tmp_path, lm, progress_bars):
 
 @pytest.mark.slow
 def test_smollm2_capability_smoke(tmp_path, smollm2):
-    if not (Path(os.environ.get("SAESTEER_DATA", "/work/shared/data")) / "mmlu").is_dir():
+    root = os.environ.get("SAESTEER_DATA")
+    if not root or not (Path(root) / "mmlu").is_dir():
         pytest.skip("needs the MMLU/TruthfulQA/GSM8K files (SAESTEER_DATA)")
-    from saesteer.data import set_data_dir
-
-    set_data_dir(os.environ.get("SAESTEER_DATA", "/work/shared/data"))
-    try:
-        config = CapabilityConfig(tasks=("mmlu_gen", "mmlu_ll", "truthfulqa_mc2", "gsm8k"), limit=2, gsm8k_shots=2,
-                                  gsm8k_max_new_tokens=48, mmlu_max_new_tokens=8)
-        summary = evaluate_capability(smollm2, tmp_path / "cap", config, progress=False)
-    finally:
-        set_data_dir(None)
+    config = CapabilityConfig(tasks=("mmlu_gen", "mmlu_ll", "truthfulqa_mc2", "gsm8k"), limit=2, gsm8k_shots=2,
+                              gsm8k_max_new_tokens=48, mmlu_max_new_tokens=8)
+    summary = evaluate_capability(smollm2, tmp_path / "cap", config, progress=False)
     rows = read_jsonl(tmp_path / "cap" / "items.jsonl")
     assert len(rows) == 8 and all(s["complete"] for s in summary["tasks"].values())
     # The instruct model follows the `ANSWER: X` format of its few-shot turns.

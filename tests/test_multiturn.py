@@ -548,16 +548,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, m
 @pytest.mark.slow
 def test_smollm2_attacks_itself(smollm2, tmp_path):
     """The real model as attacker and target: two conversations of two turns finish and are judged."""
-    if not os.environ.get("SAESTEER_DATA") and not Path("/work/shared/data/pyrit_crescendo").exists():
+    root = os.environ.get("SAESTEER_DATA")
+    if not root or not (Path(root) / "pyrit_crescendo").is_dir():
         pytest.skip("needs the PyRIT prompts (SAESTEER_DATA)")
-    if not os.environ.get("SAESTEER_DATA"):
-        set_data_dir("/work/shared/data")
-    try:
-        cfg = CrescendoConfig(limit=1, conversations=2, max_turns=2, max_backtracks=1, max_new_tokens=24,
-                              attacker_max_tokens=24, attacker_prompt="crescendo_variant_3")
-        summary = run_crescendo(smollm2, tmp_path / "out", cfg, attacker=HFBackend(smollm2), progress=False)
-    finally:
-        set_data_dir(None)
+    cfg = CrescendoConfig(limit=1, conversations=2, max_turns=2, max_backtracks=1, max_new_tokens=24,
+                          attacker_max_tokens=24, attacker_prompt="crescendo_variant_3")
+    summary = run_crescendo(smollm2, tmp_path / "out", cfg, attacker=HFBackend(smollm2), progress=False)
     rows = read_jsonl(tmp_path / "out" / "conversations.jsonl")
     assert len(rows) == 2 and all(r["status"] in ("success", "failed") for r in rows)
     assert all(e.get("attack") for r in rows for e in r["events"] if "attack" in e)
