@@ -382,6 +382,12 @@ def test_cli_resume_never_duplicates(tmp_path):
     assert r.exit_code == 0 and out.read_text().splitlines() == lines
 
 
+def test_judge_file_reports_progress_per_row(tmp_path):
+    seen = []
+    judge_file(_write(tmp_path / "in.jsonl", PAIRS), tmp_path / "out.jsonl", get_judge("phrase"), batch_size=2,
+               progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, len(PAIRS)) for i in range(1, len(PAIRS) + 1)]
+
 def test_resume_refuses_other_input(tmp_path):
     out = tmp_path / "out.jsonl"
     judge_file(_write(tmp_path / "a.jsonl", PAIRS), out, get_judge("phrase"))

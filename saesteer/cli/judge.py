@@ -53,8 +53,16 @@ def judge(
         say(f"note: --endpoint/--model/--api-key-env/--prompt-style apply to the llm and hf judges, "
             f"not to {judge_name!r}")
     judge_obj = get_judge(judge_name, **options)
-    counts = judge_file(input, out, judge_obj, batch_size=batch_size,
-                        progress=lambda done, total: say(f"judged {done}/{total}") if total > 200 else None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(unit="row", desc=f"judge {judge_obj.name}", leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    counts = judge_file(input, out, judge_obj, batch_size=batch_size, progress=progress)
+    bar.close()
     n = counts["judged"] + counts["skipped"]
     say(f"{counts['judged']} rows judged ({counts['skipped']} already in {out}) with {judge_obj.name}: "
         f"{counts['refusals']} refusals ({counts['partial']} partial) and {counts['broken']} broken answers "

@@ -105,7 +105,7 @@ def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge, *,
 
     Resumable: rows already in `out_path` from an earlier run are kept and skipped, and each
     finished batch is appended (fsynced) before the next one starts, so an endpoint failure or a
-    kill loses nothing judged.
+    kill loses nothing judged. `progress(rows done, rows)` is called as each row is written.
     """
     from saesteer.files import JsonlAppender
 
@@ -124,8 +124,8 @@ def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge, *,
                 counts["broken"] += not row["coherent"]
                 counts["refusals"] += j.refusal
                 counts["partial"] += j.partial
-            if progress is not None:
-                progress(done + counts["judged"], len(pairs))
+                if progress is not None:
+                    progress(done + counts["judged"], len(pairs))
     return counts
 
 
