@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,7 +206,10 @@ def test_spec_roundtrip_and_hash(tmp_path, sae_dir, sae):
     for name in ("spec.yaml", "spec.json"):
         spec.save(tmp_path / name)
         loaded = SteeringSpec.load(tmp_path / name)
-        assert loaded.to_dict() == spec.to_dict() and loaded.hash() == spec.hash()
+        # Saved paths are relative to the spec's folder; they resolve to the same files.
+        assert loaded.to_dict() == spec.with_paths(tmp_path).to_dict()
+        assert loaded.hash() == spec.with_paths(tmp_path).hash()
+        assert loaded.resolve_path(loaded.interventions[0].sae).resolve() == Path(sae_dir).resolve()
     other = clamp(sae_dir, value=31.0)
     assert other.hash() != spec.hash()
 
@@ -295,6 +299,7 @@ def test_condition_scope_round_trips_and_leaves_older_spec_hashes_alone(tmp_path
     assert "scope" not in plain.to_dict()["condition"]  # specs written before scopes keep their hash
     scoped = SteeringSpec(interventions=add, condition=ConditionSpec(**base, scope="last_turn"))
     again = SteeringSpec.load(scoped.save(tmp_path / "s.yaml"))
-    assert again.condition.scope == "last_turn" and again.hash() == scoped.hash() != plain.hash()
+    assert again.condition.scope == "last_turn" and again.hash() == scoped.with_paths(tmp_path).hash()
+    assert again.hash() != plain.with_paths(tmp_path).hash()
     with pytest.raises(SaesteerError, match="unknown condition scope"):
         ConditionSpec(**base, scope="everything")

@@ -27,10 +27,19 @@ Positions = Literal["all", "prompt", "generated"]
 POSITIONS = ("all", "prompt", "generated")
 
 
-def _check_value(value: float, what: str) -> float:
+MAX_VALUE = 1e6
+"""Largest edit value or factor accepted: SAE latents and steering strengths are far smaller, and
+beyond this a float16/bfloat16 residual overflows into NaN and empty answers."""
+
+
+def check_value(value: float, what: str) -> float:
+    """A finite edit value within ±MAX_VALUE (a clamp of 1e30 is a typo, not a setting)."""
     value = float(value)
     if not math.isfinite(value):
         raise SaesteerError(f"{what} value must be a finite number, got {value}")
+    if abs(value) > MAX_VALUE:
+        raise SaesteerError(f"{what} value {value:g} is out of range; use a value within ±{MAX_VALUE:g} "
+                            "(latent activations and steering strengths are far smaller)")
     return value
 
 
@@ -43,9 +52,11 @@ class FeatureEdit:
     value: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.feature, bool) or not isinstance(self.feature, int) or self.feature < 0:
+            raise SaesteerError(f"feature must be a latent index (a whole number >= 0), got {self.feature!r}")
         if self.op not in ("clamp", "add", "scale", "ablate"):
             raise SaesteerError(f"unknown feature op {self.op!r}; use clamp, add, scale or ablate")
-        _check_value(self.value, f"{self.op} {self.feature}")
+        check_value(self.value, f"{self.op} {self.feature}")
 
 
 class SAEFeatureIntervention:
@@ -103,7 +114,7 @@ class DirectionIntervention:
         self.vector = vector.detach().float()
         self.unit = self.vector / self.vector.norm()
         self.op = op
-        self.value = _check_value(value, f"direction {op}")
+        self.value = check_value(value, f"direction {op}")
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         v = self.vector.to(x.device, x.dtype)

@@ -21,14 +21,21 @@
       scope: last_turn                  # optional: read only the final user message (default: whole prompt)
       threshold: 3.1
 
-Relative paths are resolved against the spec file's folder. Discovery writes specs; generate,
-eval, sweep and serve read them, and every result records `spec_hash()`.
+Relative paths are resolved against the spec file's folder, and `save` writes every path
+relative to it, so a spec folder that is copied or moved with its files still works (the sha256
+pins still catch changed files). Discovery writes specs; generate, eval, sweep and serve read
+them, and every result records `spec_hash()`. Unknown keys are refused, naming the nearest
+valid one.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +43,8 @@ import yaml
 
 from saesteer.errors import SaesteerError
 from saesteer.files import sha256_json, write_text
-from saesteer.steer.conditions import SCOPES
-from saesteer.steer.interventions import POSITIONS, FeatureEdit
+from saesteer.steer.conditions import POOLINGS, SCOPES
+from saesteer.steer.interventions import POSITIONS, FeatureEdit, check_value
 
 SPEC_VERSION = 1
 
@@ -68,6 +75,9 @@ class InterventionSpec:
             raise SaesteerError(f"intervention at {self.hook} needs exactly one of `sae` or `vector`")
         if self.sae is not None and not self.features:
             raise SaesteerError(f"SAE intervention at {self.hook} lists no features")
+        if self.vector is not None and self.op not in ("add", "project_out", "clamp"):
+            raise SaesteerError(f"unknown vector op {self.op!r} at {self.hook}; use add, project_out or clamp")
+        self.value = check_value(self.value, f"vector {self.op} at {self.hook}")
 
 
 @dataclass
@@ -91,6 +101,16 @@ class ConditionSpec:
     def __post_init__(self) -> None:
         if self.scope is not None and self.scope not in SCOPES:
             raise SaesteerError(f"unknown condition scope {self.scope!r}; use {' or '.join(SCOPES)}")
+        if self.pooling not in POOLINGS:
+            raise SaesteerError(f"unknown condition pooling {self.pooling!r}; use {', '.join(POOLINGS)}")
+        for name in ("threshold", "bias"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SaesteerError(f"condition {name} must be a finite number, got {value!r}; "
+                                    "a NaN threshold never fires")
+        if self.feature is not None and (isinstance(self.feature, bool) or not isinstance(self.feature, int)
+                                         or self.feature < 0):
+            raise SaesteerError(f"condition feature must be a latent index (a whole number >= 0), got {self.feature!r}")
         if self.detector not in ("sae_feature", "probe", "direction"):
             raise SaesteerError(f"unknown detector {self.detector!r}; use sae_feature, probe or direction")
         if self.detector == "sae_feature" and (self.sae is None or self.feature is None):
@@ -136,31 +156,33 @@ class SteeringSpec:
         return sha256_json(self.to_dict())[:16]
 
     def save(self, path: str | Path) -> Path:
+        """Write the spec with every file path relative to `path`'s folder."""
         path = Path(path)
-        body = self.to_dict()
+        body = self.with_paths(path.parent).to_dict()
         text = json.dumps(body, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(body, sort_keys=False)
         write_text(path, text)
         return path
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> SteeringSpec:
-        if not isinstance(data, dict):
-            raise SaesteerError("a steering spec must be a mapping (YAML/JSON object)")
+        """Parse a spec; every key and value is checked here, once (unknown keys are refused)."""
+        data = _mapping(data, "the spec", SPEC_KEYS)
         version = data.get("saesteer_spec")
         if version != SPEC_VERSION:
             raise SaesteerError(f"steering spec version {version!r} is not supported; this saesteer reads "
                                 f"version {SPEC_VERSION} (`saesteer_spec: {SPEC_VERSION}`)")
-        try:
-            interventions = [_intervention(d) for d in data.get("interventions") or []]
-            condition = _condition(data["condition"]) if data.get("condition") else None
-            spec = cls(interventions=interventions, positions=data.get("positions", "all"),
-                       condition=condition, name=data.get("name"), description=data.get("description"),
-                       model=dict(data.get("model") or {}),
-                       base_dir=Path(base_dir) if base_dir is not None else None)
-        except (TypeError, KeyError, ValueError) as e:
-            raise SaesteerError(f"malformed steering spec: {e}") from e
-        if not spec.interventions:
-            raise SaesteerError("steering spec has no interventions")
+        raw = data.get("interventions")
+        if raw is None or raw == []:
+            raise SaesteerError("the spec has no interventions; list at least one (`interventions: [{hook: ...}]`)")
+        if not isinstance(raw, list):
+            raise SaesteerError(f"`interventions` must be a list (`interventions: [{{hook: ..., ...}}]`), got {_kind(raw)}")
+        interventions = [_intervention(d, i) for i, d in enumerate(raw)]
+        condition = _condition(data["condition"]) if data.get("condition") is not None else None
+        model = _mapping(data.get("model") or {}, "`model`", ("id", "revision"))
+        spec = cls(interventions=interventions, positions=_text(data.get("positions", "all"), "positions"),
+                   condition=condition, name=_text(data.get("name"), "name", optional=True),
+                   description=_text(data.get("description"), "description", optional=True),
+                   model=dict(model), base_dir=Path(base_dir) if base_dir is not None else None)
         return spec
 
     @classmethod
@@ -170,9 +192,14 @@ class SteeringSpec:
             raise SaesteerError(f"steering spec {path} not found")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is valid YAML
+        except UnicodeDecodeError as e:
+            raise SaesteerError(f"steering spec {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
         except yaml.YAMLError as e:
             raise SaesteerError(f"steering spec {path} is not valid YAML/JSON: {str(e).splitlines()[0]}") from e
-        return cls.from_dict(data, base_dir=path.parent)
+        try:
+            return cls.from_dict(data, base_dir=path.parent)
+        except SaesteerError as e:
+            raise SaesteerError(f"steering spec {path}: {e}") from e
 
     def resolve_path(self, ref: FileRef) -> Path:
         p = Path(ref.path).expanduser()
@@ -180,34 +207,137 @@ class SteeringSpec:
             p = self.base_dir / p
         return p
 
+    def with_paths(self, folder: str | Path | None) -> SteeringSpec:
+        """A copy whose file paths are relative to `folder` (absolute when None) and resolve there."""
+        spec = copy.deepcopy(self)
+        root = Path(folder).resolve() if folder is not None else None
+        refs = [r for iv in spec.interventions for r in (iv.sae, iv.vector)]
+        if spec.condition is not None:
+            refs += [spec.condition.sae, spec.condition.vector]
+        # Resolve every path before rewriting any: a copied spec may share one FileRef between an
+        # intervention and its condition.
+        targets = {id(ref): (ref, self.resolve_path(ref).resolve()) for ref in refs if ref is not None}
+        for ref, where in targets.values():
+            ref.path = str(where) if root is None else os.path.relpath(where, root)
+        spec.base_dir = root
+        return spec
 
-def _ref(d: Any) -> FileRef | None:
+
+SPEC_KEYS = ("saesteer_spec", "name", "description", "model", "positions", "interventions", "condition")
+INTERVENTION_KEYS = ("hook", "sae", "features", "vector", "op", "value")
+EDIT_KEYS = ("feature", "id", "op", "value")
+REF_KEYS = ("path", "sha256", "key")
+CONDITION_KEYS = tuple(f.name for f in fields(ConditionSpec))
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}
+    return names.get(type(value), f"{type(value).__name__} {value!r}")
+
+
+def _mapping(d: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """`d` as a mapping whose keys are all in `allowed`; a misspelt key names the nearest valid one."""
+    if not isinstance(d, dict):
+        raise SaesteerError(f"{where} must be a mapping (YAML/JSON object), got {_kind(d)}")
+    for key in d:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(allowed)}"
+            raise SaesteerError(f"unknown key {key!r} in {where}; {hint}")
+    return d
+
+
+def _text(value: Any, where: str, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise SaesteerError(f"`{where}` must be a string, got {_kind(value)}")
+    return value
+
+
+def _hook(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise SaesteerError(f"{where} needs `hook`: a module path like model.layers.12 or a layer index, "
+                            f"got {_kind(value)}")
+    return str(value)
+
+
+def _index(value: Any, where: str) -> int:
+    """A latent index: a whole number >= 0 (3.7 is refused rather than truncated)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SaesteerError(f"{where} must be a latent index (a whole number >= 0), got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SaesteerError(f"{where} must be a number, got {_kind(value)}")
+    try:
+        return float(value)
+    except ValueError as e:
+        raise SaesteerError(f"{where} must be a number, got {value!r}") from e
+
+
+def _ref(d: Any, where: str) -> FileRef | None:
     if d is None:
         return None
     if isinstance(d, str):
-        return FileRef(path=d)
-    return FileRef(**d)
+        d = {"path": d}
+    d = _mapping(d, where, REF_KEYS)
+    path = d.get("path")
+    if not isinstance(path, str) or not path:
+        raise SaesteerError(f"{where} needs `path` (a file or folder, relative to the spec), got {_kind(path)}")
+    for key in ("sha256", "key"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise SaesteerError(f"`{key}` in {where} must be a string, got {_kind(d[key])}")
+    return FileRef(path=path, sha256=d.get("sha256"), key=d.get("key"))
 
 
-def _intervention(d: dict[str, Any]) -> InterventionSpec:
+def _intervention(d: Any, i: int) -> InterventionSpec:
+    where = f"intervention {i}"
+    d = _mapping(d, where, INTERVENTION_KEYS)
+    hook = _hook(d.get("hook"), where)
+    raw = d.get("features") or []
+    if not isinstance(raw, list):
+        raise SaesteerError(f"{where}: `features` must be a list like [{{feature: 12, op: clamp, value: 10}}], "
+                            f"got {_kind(raw)}")
     features = []
-    for f in d.get("features") or []:
-        if isinstance(f, dict):
-            features.append(FeatureEdit(feature=int(f.get("feature", f.get("id"))), op=f.get("op", "clamp"),
-                                        value=float(f.get("value", 0.0))))
-        else:
+    for j, f in enumerate(raw):
+        if not isinstance(f, dict):
             raise SaesteerError(f"feature edits must be mappings like {{feature: 12, op: clamp, value: 10}}, got {f!r}")
-    return InterventionSpec(hook=str(d["hook"]), sae=_ref(d.get("sae")), features=features,
-                            vector=_ref(d.get("vector")), op=d.get("op", "add"), value=float(d.get("value", 1.0)))
+        f = _mapping(f, f"{where}, feature edit {j}", EDIT_KEYS)
+        op = _text(f.get("op", "clamp"), f"{where}, feature edit {j}: op")
+        value = _number(f.get("value", 0.0), f"{where}, feature edit {j}: value")
+        if "value" not in f and op not in ("ablate",):
+            raise SaesteerError(f"{where}, feature edit {j}: {op} needs `value`")
+        features.append(FeatureEdit(feature=_index(f.get("feature", f.get("id")), f"{where}, feature edit {j}: feature"),
+                                    op=op, value=value))
+    return InterventionSpec(hook=hook, sae=_ref(d.get("sae"), f"the sae of {where}"), features=features,
+                            vector=_ref(d.get("vector"), f"the vector of {where}"),
+                            op=_text(d.get("op", "add"), f"{where}: op"),
+                            value=_number(d.get("value", 1.0), f"{where}: value"))
 
 
-def _condition(d: dict[str, Any]) -> ConditionSpec:
-    return ConditionSpec(detector=d["detector"], hook=str(d["hook"]), threshold=float(d["threshold"]),
-                         pooling=d.get("pooling", "max"), sae=_ref(d.get("sae")),
-                         feature=int(d["feature"]) if d.get("feature") is not None else None,
-                         vector=_ref(d.get("vector")), bias=float(d.get("bias", 0.0)),
-                         direction=d.get("direction", "above"), calibration=dict(d.get("calibration") or {}),
-                         scope=d.get("scope"))
+def _condition(d: Any) -> ConditionSpec:
+    d = _mapping(d, "`condition`", CONDITION_KEYS)
+    for key in ("detector", "threshold"):
+        if key not in d:
+            raise SaesteerError(f"`condition` needs `{key}`")
+    calibration = d.get("calibration") or {}
+    if not isinstance(calibration, dict):
+        raise SaesteerError(f"condition `calibration` must be a mapping, got {_kind(calibration)}")
+    return ConditionSpec(detector=_text(d["detector"], "condition detector"), hook=_hook(d.get("hook"), "`condition`"),
+                         threshold=_number(d["threshold"], "condition threshold"),
+                         pooling=_text(d.get("pooling", "max"), "condition pooling"),
+                         sae=_ref(d.get("sae"), "the sae of `condition`"),
+                         feature=_index(d["feature"], "condition feature") if d.get("feature") is not None else None,
+                         vector=_ref(d.get("vector"), "the vector of `condition`"),
+                         bias=_number(d.get("bias", 0.0), "condition bias"),
+                         direction=_text(d.get("direction", "above"), "condition direction"),
+                         calibration=dict(calibration),
+                         scope=_text(d.get("scope"), "condition scope", optional=True))
 
 
 def sae_clamp_spec(sae_dir: str | Path, hook: str, edits: list[FeatureEdit], *, positions: str = "all",
