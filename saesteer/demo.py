@@ -94,17 +94,34 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
     from saesteer.sae.data import ShardSource
     from saesteer.sae.train import train_sae
 
-    out = ensure_dir(config.out)
+    from saesteer.steer.engine import check_sae_fits
+
+    # Every check comes before the first line of progress (and before demo.json is written), so a
+    # bad option is the only line printed and a corrected rerun is not refused as "other settings".
+    out = Path(config.out)
     started = time.time()
+    if out.exists() and not out.is_dir():
+        raise SaesteerError(f"--out {out} is a file; choose a folder")
+    if config.layer < 0:
+        raise SaesteerError(f"--layer must be a block index >= 0, got {config.layer}")
+    given_sae = load_sae(config.sae) if config.sae is not None else None
     previous = out / "demo.json"
     settings = {k: str(v) for k, v in asdict(config).items() if k not in ("out", "device")}
-    if previous.exists() and read_json(previous).get("settings") != settings:
-        raise SaesteerError(f"{out} holds a demo run with other settings; use a new --out or delete it")
+    if previous.exists():
+        earlier = read_json(previous)
+        if not isinstance(earlier, dict) or earlier.get("settings") != settings:
+            raise SaesteerError(f"{out} holds a demo run with other settings; use a new --out or delete it")
+    lm = load_model(config.model, device=config.device)
+    if config.sae is None and config.layer >= lm.n_layers:
+        raise SaesteerError(f"--layer {config.layer} is out of range: {config.model} has {lm.n_layers} blocks "
+                            f"(0-{lm.n_layers - 1})")
+    if given_sae is not None:
+        check_sae_fits(given_sae, lm, None, config.sae)
+    out = ensure_dir(out)
     write_json(previous, {"settings": settings})
     total = 6
     say(f"saesteer demo → {out.resolve()}")
-    say(f"[1/{total}] loading {config.model}")
-    lm = load_model(config.model, device=config.device)
+    say(f"[1/{total}] loaded {config.model} in {time.time() - started:.0f} s")
     say(f"      {lm.model_id}: {lm.n_layers} layers, d_model {lm.d_model}; hooking the residual stream after block {config.layer}")
 
     acts, sae_dir = out / "activations", out / "sae"

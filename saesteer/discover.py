@@ -17,6 +17,7 @@ feature (`clamp.yaml`) and its conditional version (`conditional.yaml`).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from saesteer import html as H
 from saesteer.data import load_records
-from saesteer.errors import SaesteerError
+from saesteer.errors import SaesteerError, at_least
 from saesteer.files import ensure_dir, write_json, write_text
 from saesteer.generate import CONTENT, ForwardInfo, GenerationConfig, forward_context, generate
 from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
@@ -35,6 +36,7 @@ from saesteer.judge import judge_stopper
 from saesteer.models import ChatModel, to_conversation
 from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec, Steering
 from saesteer.steer.conditions import threshold_for_fpr
+from saesteer.steer.engine import check_sae_fits
 from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode
 
 
@@ -64,8 +66,17 @@ class DiscoverConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from saesteer.steer.interventions import check_value
+
         if self.n_rank < 4 or self.n_candidates < 1:
             raise SaesteerError("discovery needs n_rank >= 4 and n_candidates >= 1")
+        at_least(1, n_causal=self.n_causal, max_new_tokens=self.max_new_tokens,
+                 causal_max_new_tokens=self.causal_max_new_tokens, batch_size=self.batch_size)
+        at_least(0, n_contexts=self.n_contexts)
+        if not 0 <= self.detector_fpr < 1:
+            raise SaesteerError(f"detector_fpr must be in [0, 1), got {self.detector_fpr}")
+        for value in (*self.causal_values, *self.causal_multipliers):
+            check_value(value, "causal clamp")
 
 
 @dataclass
@@ -139,6 +150,7 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     if hook is None:
         raise SaesteerError("the SAE does not record its hook point (metadata.hf_hook_name)")
     point = hook_point(lm.model, hook)
+    check_sae_fits(sae, lm, point, sae_path or "the SAE")  # before any generation, as generate and eval do
     judge = get_judge(config.judge)
     say = tqdm.write if progress else (lambda *_: None)
 
@@ -289,8 +301,10 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                                              "train_auroc": float(scores["prompt_auroc"][det])}))
     clamp_spec.save(out / "clamp.yaml")
     conditional.save(out / "conditional.yaml")
+    # Relative to `out` (like the specs), so a copied or moved discovery folder still finds its SAE.
+    sae_rel = os.path.relpath(Path(sae_ref.path).resolve(), out.resolve())
     result = {
-        "model": lm.describe(), "sae": {"path": sae_ref.path, "sha256": sae_ref.sha256, "hook": point.name,
+        "model": lm.describe(), "sae": {"path": sae_rel, "sha256": sae_ref.sha256, "hook": point.name,
                                         "d_sae": sae.d_sae, "k": getattr(sae, "k", None)},
         "config": asdict(config), "judge": config.judge,
         "responses": {"harmful_prompts": len(rank_harmful), "natural_refusals": n_nat_ref,

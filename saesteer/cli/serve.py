@@ -22,6 +22,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen(host: str, port: int) -> None:
+    """Fail now, before the model loads, if uvicorn could not listen on host:port."""
+    import errno
+    import socket
+
+    from saesteer.errors import SaesteerError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise SaesteerError(f"--host {host!r} is not an address this machine can listen on "
+                            f"({getattr(e, 'strerror', None) or e}); use 127.0.0.1, 0.0.0.0 or one of its IPs") from e
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise SaesteerError(f"port {port} on {host} is already in use; stop the other server "
+                                    "or choose another --port") from e
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise SaesteerError(f"--host {host} is not an address of this machine; use 127.0.0.1, "
+                                    "0.0.0.0 or one of its IPs") from e
+            raise SaesteerError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --host "
+                                "or --port") from e
+
+
 @app.command()
 def serve(
     model: ModelArg,
@@ -71,6 +99,7 @@ def serve(
                             + ("; on loopback you may pass --no-auth instead" if is_loopback(host) else ""))
     if not 0 < port < 65536:
         raise SaesteerError(f"--port {port} is not a TCP port (1-65535)")
+    check_listen(host, port)
     setup(None)
     from saesteer.serve import Registry, ServeSettings, create_app
     from saesteer.serve.registry import parse_pairs

@@ -21,6 +21,17 @@ def _floats(text: str | None, option: str) -> tuple[float, ...]:
         raise SaesteerError(f"{option} expects comma-separated numbers, got {text!r}") from e
 
 
+def _ints(text: str | None, option: str) -> tuple[int, ...]:
+    from saesteer.errors import SaesteerError
+
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as e:
+        raise SaesteerError(f"{option} expects comma-separated latent indices like 12,77, got {text!r}") from e
+
+
 @app.command()
 def sweep(
     model: ModelArg,
@@ -54,7 +65,7 @@ def sweep(
     local = current_data_dir() is not None
     config = SweepConfig(
         discovery=str(discovery) if discovery else None, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        features=tuple(int(f) for f in _floats(features, "--features")), clamp_values=_floats(values, "--values"),
+        features=_ints(features, "--features"), clamp_values=_floats(values, "--values"),
         direction_strengths=_floats(strengths, "--strengths"), direction_layer=direction_layer,
         condition_scope=condition_scope, refusal_datasets=dataset, refusal_limit=limit, capability_tasks=tasks, capability_limit=capability_limit,
         max_new_tokens=max_new_tokens, judge=judge, seed=seed,

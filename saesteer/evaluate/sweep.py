@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from saesteer.data import load_records
-from saesteer.errors import SaesteerError
+from saesteer.errors import SaesteerError, at_least
 from saesteer.files import ensure_dir, read_json, write_json, write_text
 from saesteer.models import ChatModel
 from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
@@ -59,11 +59,23 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from saesteer.steer.interventions import check_value
+
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise SaesteerError(f"unknown sweep method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
         if self.condition_scope is not None and self.condition_scope not in SCOPES:
             raise SaesteerError(f"unknown --condition-scope {self.condition_scope!r}; use {' or '.join(SCOPES)}")
+        at_least(1, refusal_limit=self.refusal_limit, capability_limit=self.capability_limit,
+                 max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                 direction_prompts=self.direction_prompts)
+        at_least(0, capability_shots=self.capability_shots, direction_layer=self.direction_layer)
+        for f in self.features:
+            FeatureEdit(f)  # a latent index, checked like every edit
+        for value in self.clamp_values:
+            check_value(value, "sweep clamp")
+        for value in self.direction_strengths:
+            check_value(value, "sweep strength")
 
 
 @dataclass
@@ -80,7 +92,7 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
     """Write one steering spec per grid point (dense directions are computed once and saved)."""
     grid: list[GridPoint] = []
     specs = ensure_dir(out / "specs")
-    discovery = read_json(Path(config.discovery) / "features.json") if config.discovery else None
+    discovery = _discovery(Path(config.discovery)) if config.discovery else None
     needs_sae = {"sae_clamp", "conditional_sae_clamp"} & set(config.methods)
     if needs_sae and discovery is None:
         raise SaesteerError("SAE methods need --discovery DIR (the output of saesteer discover)")
@@ -88,12 +100,15 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
         grid.append(GridPoint("none", "none"))
     model = {"id": lm.model_id, "revision": lm.revision}
     if discovery is not None:
-        sae_ref = FileRef(discovery["sae"]["path"], discovery["sae"].get("sha256"))
+        # features.json and the discovery specs name the SAE relative to the discovery folder
+        # (absolute in older ones); the sweep's specs name it relative to specs/ (see below).
+        sae_path = (Path(config.discovery) / discovery["sae"]["path"]).resolve()
+        sae_ref = FileRef(str(sae_path), discovery["sae"].get("sha256"))
         hook = discovery["sae"]["hook"]
         best = discovery["features"][0]
         features = config.features or (best["feature"],)
         values = config.clamp_values or tuple(round(best["best_value"] * m, 3) for m in (0.5, 1.0, 1.5))
-        conditional = SteeringSpec.load(Path(config.discovery) / "conditional.yaml")
+        conditional = SteeringSpec.load(Path(config.discovery) / "conditional.yaml").with_paths(None)
         scoped = ""
         if config.condition_scope and conditional.condition is not None:
             conditional.condition.scope = config.condition_scope
@@ -139,8 +154,24 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
                 grid.append(GridPoint(spec.name, method, s, None, layer, spec))
     for point in grid:
         if point.spec is not None:
+            # Paths relative to specs/: the hash each run records survives moving the sweep folder.
+            point.spec = point.spec.with_paths(specs)
             point.spec.save(specs / f"{point.name}.yaml")
     return grid
+
+
+def _discovery(folder: Path) -> dict[str, Any]:
+    """features.json of a discovery folder, with the fields the grid reads."""
+    path = folder / "features.json"
+    data = read_json(path)
+    sae = data.get("sae") if isinstance(data, dict) else None
+    features = data.get("features") if isinstance(data, dict) else None
+    if not (isinstance(sae, dict) and isinstance(sae.get("path"), str) and isinstance(sae.get("hook"), str)
+            and isinstance(features, list) and features and isinstance(features[0], dict)
+            and isinstance(features[0].get("feature"), int) and isinstance(features[0].get("best_value"), (int, float))):
+        raise SaesteerError(f"{path} is not a discovery result (needs sae.path, sae.hook and ranked features); "
+                            "rerun saesteer discover into that folder")
+    return data
 
 
 def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -174,25 +205,41 @@ def _capability(lm: ChatModel, out: Path, config: SweepConfig, spec: SteeringSpe
     capability.evaluate_capability(lm, out, cfg, spec, progress=progress)
 
 
+def _record(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise SaesteerError(f"{path} is a JSON {type(data).__name__}, not a run record; delete that run's folder "
+                            "and rerun the sweep to redo it")
+    return data
+
+
+DERIVED = (("unsafe_refusal", "coherent_refusal", "unsafe_coherent_refusal"),
+           ("unsafe_refusal", "broken", "unsafe_broken"), ("safe_over_refusal", "broken", "safe_broken"))
+"""Answer-quality metrics read from each refusal summary: (summary key, part, metric name)."""
+
+
 def collect(out: str | Path) -> list[dict[str, Any]]:
     """Rebuild the tidy table (one row per run x metric) from every finished run."""
     out = Path(out)
     rows: list[dict[str, Any]] = []
     for point_file in sorted((out / "runs").glob("*/point.json")):
-        point = read_json(point_file)
+        point = _record(point_file)
         base = {k: point.get(k) for k in ("name", "method", "strength", "feature", "layer", "spec_hash")}
         refusal = point_file.parent / "refusal" / "summary.json"
         if refusal.exists():
-            s = read_json(refusal)
+            s = _record(refusal)
             for key in ("unsafe_refusal", "safe_over_refusal"):
                 if s.get(key):
                     rows.append({**base, "metric": key, "dataset": "all", **_value(s[key])})
+            for key, part, metric in DERIVED:
+                if (s.get(key) or {}).get(part):
+                    rows.append({**base, "metric": metric, "dataset": "all", **_value(s[key][part])})
             for dataset, parts in s.get("datasets", {}).items():
                 for key, v in parts.items():
                     rows.append({**base, "metric": key, "dataset": dataset, **_value(v)})
         capability_file = point_file.parent / "capability" / "summary.json"
         if capability_file.exists():
-            c = read_json(capability_file)
+            c = _record(capability_file)
             for task, v in (c.get("tasks") or {}).items():
                 rows.append({**base, "metric": task, "dataset": task, **_value(v.get("score", v))})
     write_text(out / "results.jsonl", "".join(__import__("json").dumps(r) + "\n" for r in rows))

@@ -100,8 +100,30 @@ def _take(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], w
     if t is None:
         raise SaesteerError(f"{where} has no tensor {name!r} (has {', '.join(sorted(tensors))})")
     if tuple(t.shape) != shape:
-        raise SaesteerError(f"{where}: {name} has shape {list(t.shape)}, config says {list(shape)}")
+        raise SaesteerError(f"{where}: {name} has shape {list(t.shape)}, config says {list(shape)}; "
+                            "the weights and cfg.json belong to different SAEs")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise SaesteerError(f"{where}: {name} holds NaN or inf values; retrain or re-download the SAE")
     return t
+
+
+def _size(cfg: dict[str, Any], key: str, where: Path) -> int:
+    """A positive whole number from the config (checked before anything is allocated)."""
+    value = cfg.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SaesteerError(f"{where}: {key} must be a whole number, got {value!r}")
+    if value < 1:
+        raise SaesteerError(f"{where}: {key} = {value} must be positive")
+    return value
+
+
+def _check_sizes(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], where: Path) -> None:
+    """The file's tensors have the config's shapes: an absurd d_in / d_sae fails here, not in the allocator."""
+    for name, shape in shapes.items():
+        if name in tensors:
+            _take(tensors, name, shape, where)
 
 
 def layer_of(hook_name: str | None) -> int | None:
@@ -113,9 +135,16 @@ def layer_of(hook_name: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _fill_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+def _fill_metadata(meta: dict[str, Any], where: Path | str = "SAE config") -> dict[str, Any]:
     hook = meta.get("hook_name")
     layer = meta.get("layer")
+    if isinstance(layer, str) and layer.strip().isdigit():
+        layer = int(layer)
+    elif isinstance(layer, float) and layer.is_integer():
+        layer = int(layer)
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+        raise SaesteerError(f"{where}: the SAE's layer must be a block index (a whole number >= 0), got {layer!r}; "
+                            "fix `layer` in its metadata")
     if layer is None:
         layer = layer_of(hook) if layer_of(hook) is not None else layer_of(meta.get("hf_hook_name"))
     meta["layer"] = layer
@@ -130,10 +159,9 @@ def _fill_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 def _load_saelens(folder: Path) -> SAE:
     cfg = _read_cfg(folder)
     where = folder / CFG
-    try:
-        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SaesteerError(f"{where} lacks d_in/d_sae ({e})") from e
+    if "d_in" not in cfg or "d_sae" not in cfg:
+        raise SaesteerError(f"{where} lacks d_in/d_sae; is this an SAE config?")
+    d_in, d_sae = _size(cfg, "d_in", where), _size(cfg, "d_sae", where)
     if isinstance(cfg.get("metadata"), dict):
         meta = dict(cfg["metadata"])
     else:  # pre-6.0 SAELens: model and hook at the top level
@@ -154,14 +182,16 @@ def _load_saelens(folder: Path) -> SAE:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
              "float64": torch.float64}.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), torch.float32)
     common = {"apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
-              "metadata": _fill_metadata(meta), "dtype": dtype}
+              "metadata": _fill_metadata(meta, where), "dtype": dtype}
     tensors = _read_weights(folder / SAELENS_WEIGHTS)
     wpath = folder / SAELENS_WEIGHTS
+    _check_sizes(tensors, {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}, wpath)
     sae: SAE
     if arch == "topk":
         k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
         if k is None:
             raise SaesteerError(f"{where}: a topk SAE needs k")
+        k = _size({"k": k}, "k", where)
         if int(k) > d_sae:
             raise SaesteerError(f"{where}: k = {k} is larger than the dictionary ({d_sae} latents)")
         sae = TopKSAE(d_in, d_sae, int(k), **common)
@@ -201,24 +231,26 @@ def _load_sparsify(folder: Path) -> SAE:
         raise SaesteerError(f"{where}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
     if cfg.get("transcode") or cfg.get("skip_connection"):
         raise SaesteerError(f"{where}: sparsify transcoders and skip connections are not supported")
-    try:
-        d_in = int(cfg["d_in"])
-        d_sae = int(cfg.get("num_latents") or d_in * int(cfg["expansion_factor"]))
-        k = int(cfg["k"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SaesteerError(f"{where} is not a sparsify config ({e})") from e
+    for key in ("d_in", "k"):
+        if key not in cfg:
+            raise SaesteerError(f"{where} is not a sparsify config (no {key})")
+    d_in, k = _size(cfg, "d_in", where), _size(cfg, "k", where)
+    d_sae = (_size(cfg, "num_latents", where) if cfg.get("num_latents")
+             else d_in * _size(cfg, "expansion_factor", where))
     if k > d_sae:
         raise SaesteerError(f"{where}: k = {k} is larger than the dictionary ({d_sae} latents)")
     wpath = folder / SPARSIFY_WEIGHTS
     tensors = _read_weights(wpath)
+    _check_sizes(tensors, {"W_dec": (d_sae, d_in), "encoder.bias": (d_sae,), "b_dec": (d_in,)}, wpath)
     enc = _take(tensors, "encoder.weight", (d_sae, d_in), wpath)
     meta: dict[str, Any] = {"hook_name": folder.name, "format": "sparsify"}
     run_cfg = folder.parent / "config.json"
     if run_cfg.exists():
-        model = read_json(run_cfg).get("model")
+        run = read_json(run_cfg)
+        model = run.get("model") if isinstance(run, dict) else None
         if model:
             meta["model_name"] = model
-    sae = TopKSAE(d_in, d_sae, k, dtype=enc.dtype, metadata=_fill_metadata(meta))
+    sae = TopKSAE(d_in, d_sae, k, dtype=enc.dtype, metadata=_fill_metadata(meta, where))
     with torch.no_grad():
         sae.W_enc.copy_(enc.t())
         sae.b_enc.copy_(_take(tensors, "encoder.bias", (d_sae,), wpath))

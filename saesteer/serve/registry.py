@@ -122,6 +122,7 @@ class Registry:
 
     def _add_sae(self, name: str | None, path: Path, hook: str | None, sha256: str | None) -> None:
         from saesteer.sae import load_sae
+        from saesteer.steer.engine import check_sae_fits
 
         path = path.expanduser().resolve()
         for entry in self.saes.values():
@@ -133,6 +134,7 @@ class Registry:
         if not path.exists():
             raise SaesteerError(f"SAE {path} not found")
         sae = load_sae(path)
+        check_sae_fits(sae, self.lm, None, path)  # a wrong SAE stops the server now, not each request naming it
         meta = sae.metadata or {}
         if hook is None:
             hook = meta.get("hf_hook_name") or (str(meta["layer"]) if meta.get("layer") is not None else None)
@@ -187,7 +189,12 @@ class Registry:
             return Resolved(self.specs[name], f"{self.model_name}:{name}")
         if not isinstance(steering, SteeringIn):  # pragma: no cover - the API validates first
             raise InvalidSteering("steering must be a registered spec name or an object")
-        spec = self.request_spec(steering)
+        try:
+            spec = self.request_spec(steering)
+        except (InvalidSteering, LookupFailed):
+            raise
+        except SaesteerError as e:  # e.g. value x strength beyond what a spec accepts: HTTP 422, not 500
+            raise InvalidSteering(str(e)) from e
         return Resolved(self._steering_for(spec), "request")
 
     def request_spec(self, s: SteeringIn) -> SteeringSpec:

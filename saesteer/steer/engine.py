@@ -43,18 +43,31 @@ def load_sae_ref(spec: SteeringSpec, ref: FileRef, lm: ChatModel, point: HookPoi
     if ref.sha256 and not sae.content_hash().startswith(ref.sha256):
         raise SaesteerError(f"SAE {path} has changed since the spec was written "
                             f"(sha256 {sae.content_hash()[:16]} vs {ref.sha256[:16]}); regenerate the spec")
+    check_sae_fits(sae, lm, point, path)
+    return sae.to(lm.device)
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()  # one local folder, named two ways
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_sae_fits(sae: Any, lm: ChatModel, point: HookPoint | None, path: str | Path) -> None:
+    """The SAE reads this model's width, at this hook's layer, and was trained on this model."""
     if sae.d_in != lm.d_model:
         raise SaesteerError(f"SAE {path} reads {sae.d_in}-wide activations but {lm.name} has d_model {lm.d_model}; "
                             "it was trained for another model")
     meta = sae.metadata or {}
     sae_layer = meta.get("layer")
-    if sae_layer is not None and int(sae_layer) != point.layer:
+    if point is not None and sae_layer is not None and sae_layer != point.layer:
         raise SaesteerError(f"SAE {path} was trained at layer {sae_layer} but is used at {point.name}; "
-                            f"use hook model layer {sae_layer}")
+                            f"use hook model.layers.{sae_layer}")
     sae_model = meta.get("model_id")
-    if sae_model and lm.model_id and sae_model != lm.model_id and not lm.model_id.startswith("tiny-random"):
-        raise SaesteerError(f"SAE {path} was trained on {sae_model} but the model is {lm.model_id}")
-    return sae.to(lm.device)
+    if sae_model and lm.model_id and not _same_model(sae_model, lm.model_id) and not lm.model_id.startswith("tiny-random"):
+        raise SaesteerError(f"SAE {path} was trained on {sae_model} but the model is {lm.model_id}; "
+                            "use that model or an SAE trained on this one")
 
 
 def load_vector(spec: SteeringSpec, ref: FileRef, d_model: int) -> torch.Tensor:
