@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from saesteer.data.corpus import Document, corpus_documents
-from saesteer.errors import SaesteerError
+from saesteer.errors import SaesteerError, at_least
 from saesteer.files import atomic_path, ensure_dir, read_json, write_json
 from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
 from saesteer.models import ChatModel
@@ -57,8 +57,8 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
             raise SaesteerError(f"unknown storage dtype {self.dtype}; use {', '.join(STORE_DTYPES)}")
-        if self.max_tokens < 1 or self.context_length < 2 or self.batch_size < 1:
-            raise SaesteerError("max_tokens, batch_size must be positive and context_length at least 2")
+        at_least(1, max_tokens=self.max_tokens, batch_size=self.batch_size, shard_tokens=self.shard_tokens)
+        at_least(2, context_length=self.context_length)
 
 
 @dataclass
@@ -95,13 +95,46 @@ class Manifest:
         if not path.exists():
             raise SaesteerError(f"{folder} is not an activation folder (no {MANIFEST}); run saesteer harvest first")
         data = read_json(path)
+        if not isinstance(data, dict):
+            raise SaesteerError(f"{path} is a JSON {type(data).__name__}, not a manifest object; "
+                                "rerun saesteer harvest into a new --out")
         data.pop("n_tokens", None)
         if data.get("format_version") != FORMAT_VERSION:
             raise SaesteerError(f"{path} has format version {data.get('format_version')}, expected {FORMAT_VERSION}")
         try:
-            return cls(**data)
+            manifest = cls(**data)
         except TypeError as e:
             raise SaesteerError(f"{path} is not a saesteer manifest ({e})") from e
+        manifest._check(path)
+        return manifest
+
+    def _check(self, path: Path) -> None:
+        """Shape and counts, once, where the manifest is read: later code indexes by them."""
+        def bad(what: str) -> SaesteerError:
+            return SaesteerError(f"{path} is damaged: {what}; rerun saesteer harvest into a new --out")
+
+        if not isinstance(self.hooks, list) or not isinstance(self.layers, list) or len(self.hooks) != len(self.layers):
+            raise bad("`hooks` and `layers` must be lists of the same length")
+        if not self.hooks or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.layers):
+            raise bad(f"`layers` must be block indices, got {self.layers!r}")
+        if not isinstance(self.d_model, int) or isinstance(self.d_model, bool) or self.d_model < 1:
+            raise bad(f"d_model = {self.d_model!r} is not a positive whole number")
+        if not isinstance(self.context_length, int) or self.context_length < 2:
+            raise bad(f"context_length = {self.context_length!r} is not a whole number >= 2")
+        if not isinstance(self.shards, list):
+            raise bad("`shards` must be a list")
+        for i, shard in enumerate(self.shards):
+            if not isinstance(shard, dict):
+                raise bad(f"shard entry {i} is {shard!r}, not an object with file, tokens and contexts")
+            for key in ("file", "tokens", "contexts"):
+                if key not in shard:
+                    raise bad(f"shard entry {i} has no {key!r}")
+            if not isinstance(shard["file"], str) or "/" in shard["file"] or shard["file"].startswith("."):
+                raise bad(f"shard entry {i} names {shard['file']!r}, not a shard file of this folder")
+            for key in ("tokens", "contexts"):
+                value = shard[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise bad(f"shard entry {i} has {key} = {value!r}, not a whole number >= 0")
 
 
 def token_stream(lm: ChatModel, docs: list[Document]) -> Iterator[int]:
@@ -241,6 +274,11 @@ class ActivationStore:
         self.shards = [s["file"] for s in self.manifest.shards]
         if not self.shards:
             raise SaesteerError(f"{self.folder} has no complete shard yet")
+        # A missing shard would otherwise count as held out (or as training data) and never be read.
+        missing = [name for name in self.shards if not (self.folder / name).is_file()]
+        if missing:
+            raise SaesteerError(f"{self.folder} lists {len(missing)} shard(s) that are missing ({missing[0]}, ...); "
+                                "restore them, or rerun saesteer harvest into a new --out")
 
     def _resolve_hook(self, hook: int | str | None) -> str:
         m = self.manifest
@@ -272,9 +310,17 @@ class ActivationStore:
         except (SafetensorError, OSError, KeyError) as e:
             raise SaesteerError(f"shard {path} is corrupt or truncated ({e}); delete it and rerun "
                                 "saesteer harvest to rewrite it") from e
-        if acts.shape[-1] != self.d_model:
-            raise SaesteerError(f"shard {path} has width {acts.shape[-1]}, manifest says {self.d_model}")
+        self._check_rows(index, acts)
         return acts.to(dtype)
+
+    def _check_rows(self, index: int, acts: torch.Tensor) -> None:
+        path = self.folder / self.shards[index]
+        if acts.ndim != 2 or acts.shape[-1] != self.d_model:
+            raise SaesteerError(f"shard {path} has shape {list(acts.shape)}, manifest says width {self.d_model}")
+        rows = self.manifest.shards[index]["tokens"]
+        if len(acts) != rows:
+            raise SaesteerError(f"shard {path} holds {len(acts)} tokens but the manifest counts {rows}; "
+                                "the manifest and shards are out of step: rerun saesteer harvest into a new --out")
 
     def split(self, holdout_tokens: int) -> tuple[list[int], list[int]]:
         """(train shards, held-out shards): the last shards until `holdout_tokens` are covered."""

@@ -84,8 +84,9 @@ class GenerationConfig:
             raise SaesteerError("max_new_tokens must be at least 1")
         if self.batch_size < 1:
             raise SaesteerError("batch_size must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise SaesteerError("temperature must be >= 0 and top_p in (0, 1]")
+        if not 0 <= self.temperature < float("inf") or not 0 < self.top_p <= 1:  # NaN fails both
+            raise SaesteerError(f"temperature must be a finite number >= 0 and top_p in (0, 1] "
+                                f"(got {self.temperature}, {self.top_p})")
 
 
 @dataclass

@@ -31,6 +31,9 @@ def harvest(
     from saesteer.data.sources import data_dir as current_data_dir
     from saesteer.models import load_model
 
+    layers: list[int | str] = [int(x) if x.lstrip("-").isdigit() else x for x in layer]
+    config = HarvestConfig(layers=layers, dataset=dataset, max_tokens=max_tokens, context_length=context_length,
+                           batch_size=batch_size, dtype=store_dtype, seed=seed)  # checked before any note
     if current_data_dir() is None and dataset.split(":")[0] in ("alpaca", "corpus"):
         from saesteer.data.corpus import corpus_documents
         from saesteer.errors import SaesteerError
@@ -40,12 +43,9 @@ def harvest(
         except SaesteerError as e:
             say(f"note: {dataset} is not available here ({e}); harvesting the offline corpus instead "
                 "(bundled prompt sets + Python's reference docs). Set SAESTEER_DATA for the real data.")
-            dataset = "offline"
+            config.dataset = "offline"
     lm = load_model(model, dtype=model_dtype, device=device)
-    layers: list[int | str] = [int(x) if x.lstrip("-").isdigit() else x for x in layer]
-    manifest = run(lm, out, HarvestConfig(layers=layers, dataset=dataset, max_tokens=max_tokens,
-                                          context_length=context_length, batch_size=batch_size,
-                                          dtype=store_dtype, seed=seed))
+    manifest = run(lm, out, config)
     say(f"{manifest.n_tokens:,} tokens x {len(manifest.hooks)} hook(s) in {out} "
          f"({manifest.tokens_per_second or 0:.0f} tokens/s)")
 

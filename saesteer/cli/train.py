@@ -47,7 +47,7 @@ def train(
     Under `torchrun --nproc_per_node N` it trains data-parallel, each rank reading its own shards.
     """
     setup(data_dir)
-    from saesteer.errors import SaesteerError
+    from saesteer.errors import SaesteerError, at_least
     from saesteer.models import load_model, resolve_device
     from saesteer.sae.config import TrainConfig
     from saesteer.sae.data import ShardSource, StreamSource
@@ -55,6 +55,7 @@ def train(
 
     if (acts_dir is None) == (model is None):
         raise SaesteerError("give either ACTS_DIR (a harvest folder) or --model (stream from a model), not both")
+    at_least(2, context_length=context_length)
     config = TrainConfig(k=k, expansion=expansion, d_sae=d_sae, batch_tokens=batch_tokens, max_tokens=max_tokens,
                          lr=lr, warmup_steps=warmup_steps, decay_fraction=decay_fraction, auxk_coef=auxk_coef,
                          k_aux=k_aux, dead_tokens=dead_tokens, normalize=normalize, autocast=autocast,  # type: ignore[arg-type]
@@ -111,13 +112,16 @@ def eval_sae(
     """Reconstruction (FVU, MSE, L0, dead) and spliced-model metrics (CE clean/spliced/zero,
     CE loss recovered, KL) of any SAE; printed as JSON."""
     setup(data_dir)
-    from saesteer.errors import SaesteerError
+    from saesteer.errors import SaesteerError, at_least
     from saesteer.files import write_json
     from saesteer.models import load_model, resolve_device
     from saesteer.sae import load_sae
     from saesteer.sae.data import ShardSource, StreamSource
     from saesteer.sae.metrics import evaluate_sae
 
+    at_least(0, contexts=contexts)
+    at_least(1, eval_tokens=eval_tokens, batch_size=batch_size, holdout_tokens=holdout_tokens)
+    at_least(2, context_length=context_length)
     dev = resolve_device(device)
     sae = load_sae(sae_dir, device=dev)
     meta = sae.metadata

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from saesteer.errors import SaesteerError
+from saesteer.errors import SaesteerError, at_least
 
 
 @dataclass
@@ -57,10 +58,16 @@ class TrainConfig:
             raise SaesteerError(f"k = {self.k} is larger than the dictionary ({self.d_sae} latents)")
         if self.batch_tokens < 1 or (self.max_tokens is not None and self.max_tokens < self.batch_tokens):
             raise SaesteerError("batch_tokens must be positive and max_tokens at least one batch")
-        if self.lr is not None and self.lr <= 0:
-            raise SaesteerError("lr must be positive")
-        if self.auxk_coef < 0 or self.dead_tokens < 1 or not 0 <= self.decay_fraction <= 1:
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise SaesteerError(f"lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.auxk_coef) and self.auxk_coef >= 0) or self.dead_tokens < 1 \
+                or not 0 <= self.decay_fraction <= 1:
             raise SaesteerError("auxk_coef must be >= 0, dead_tokens >= 1, decay_fraction in [0, 1]")
+        at_least(1, k_aux=self.k_aux, buffer_shards=self.buffer_shards)
+        at_least(0, warmup_steps=self.warmup_steps)
+        if self.holdout_tokens < 1:
+            raise SaesteerError(f"holdout_tokens must be at least 1, got {self.holdout_tokens}: the metrics "
+                                "need held-out tokens, or they are measured on training data")
         if self.autocast not in ("float32", "bfloat16"):
             raise SaesteerError(f"unknown autocast dtype {self.autocast!r}; use float32 or bfloat16")
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]

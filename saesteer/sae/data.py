@@ -38,8 +38,7 @@ class CheckedStore(ActivationStore):
         except Exception as e:  # safetensors raises assorted errors on damaged files
             raise SaesteerError(f"shard {path} is corrupt or truncated ({str(e).splitlines()[0][:100]}); "
                                 "delete it and rerun saesteer harvest to rewrite it") from e
-        if acts.ndim != 2 or acts.shape[-1] != self.d_model:
-            raise SaesteerError(f"shard {path} has shape {list(acts.shape)}, manifest says width {self.d_model}")
+        self._check_rows(index, acts)
         check_finite(acts, f"shard {self.shards[index]}")
         return acts.to(dtype)
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saesteer.errors import SaesteerError
+from saesteer.errors import SaesteerError, at_least
 from saesteer.files import atomic_path, ensure_dir, write_json
 from saesteer.sae.config import TrainConfig, lr_factor
 from saesteer.sae.formats import save_sae
@@ -191,6 +191,8 @@ def train_sae(source: Source, out: str | Path, config: TrainConfig, *, resume: b
     returns one or None, called only then) with `ce_contexts > 0` adds the spliced CE/KL metrics
     on held-out contexts.
     """
+    at_least(1, checkpoint_every=checkpoint_every, eval_tokens=eval_tokens)
+    at_least(0, ce_contexts=ce_contexts)
     rank, world = _dist()
     device = torch.device(device if world == 1 or not torch.cuda.is_available()
                           else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
