@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from saesteer.evaluate.rundir import previous_run
-from saesteer.files import ensure_dir, read_jsonl, write_json
+from saesteer.evaluate.rundir import finished_rows, previous_run
+from saesteer.files import ensure_dir, write_json
 from saesteer.generate import GenerationConfig, Generation, OnDone, encode_prompt, generate
 from saesteer.models import ChatModel, Conversation
 from saesteer.steer import Steering, SteeringSpec
@@ -43,7 +43,7 @@ def open_run(out: str | Path, lm: ChatModel, info: dict[str, Any]) -> Path:
 
 def finished_ids(out: Path) -> set[str]:
     path = out / ROWS
-    return {row["id"] for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
+    return {row["id"] for row in finished_rows(path)}
 
 
 @contextlib.contextmanager

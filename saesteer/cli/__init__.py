@@ -34,15 +34,21 @@ def main() -> None:
         if reason is None:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        say(f"error: {reason}{where}; make room or choose another --out, then rerun the same command "
-            "to continue from the last finished step")
+        fix = PATH_FIXES.get(e.errno, "make room or choose another --out")
+        say(f"error: {reason}{where}; {fix}, then rerun the same command to continue from the last finished step")
         sys.exit(2)
 
 
 # Errors of the machine rather than of saesteer: finished files are intact (every write is atomic).
 WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "the output folder is on a read-only file system",
-                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EISDIR: "a folder is in the way of an output file",
+                errno.EEXIST: "a file is in the way of an output folder",
+                errno.ENOTDIR: "a file is in the way of an output folder"}
+PATH_FIXES = {errno.EISDIR: "choose a file path for --out (or move the folder)",
+              errno.EEXIST: "choose a folder path for --out (or move the file)",
+              errno.ENOTDIR: "choose a folder path for --out (or move the file)"}
 
 
 __all__ = ["app", "main", "typer"]

@@ -35,14 +35,23 @@ STRONGREJECT_URL = ("https://raw.githubusercontent.com/alexandrasouly/strongreje
 PYRIT_URL = "https://raw.githubusercontent.com/microsoft/PyRIT/main/pyrit/datasets"
 
 
+def _text(path: Path, encoding: str = "utf-8") -> str:
+    """A data file's text; a file in another encoding is a one-line error, not a UnicodeDecodeError."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise SaesteerError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                            "save it as UTF-8") from e
+
+
 def _csv_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, str]]:
-    text = path.read_text(encoding=encoding)
+    text = _text(path, encoding)
     return list(csv.DictReader(io.StringIO(text)))
 
 
 def _json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_text(path))
     except json.JSONDecodeError as e:
         raise SaesteerError(f"{path} is not valid JSON ({e.msg}); replace the file") from e
 
@@ -156,7 +165,7 @@ def wildguardtest(subset: str | None) -> list[Record]:
         if not path.exists():
             raise SaesteerError(f"missing file wildguardtest/wildguardtest.jsonl in {root} "
                                 "(WildGuardMix schema, one JSON object per line)")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in _text(path).splitlines() if line.strip()]
     else:
         rows = list(hub_dataset("allenai/wildguardmix", "wildguardtest", split="test"))
     return _label_subset(wildguard_records(rows), subset)
@@ -213,7 +222,7 @@ def truthfulqa(subset: str | None) -> list[Record]:
 def gsm8k(subset: str | None) -> list[Record]:
     path = local_or_download("gsm8k/test.jsonl", GSM8K_URL)
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(_text(path).splitlines()):
         if not line.strip():
             continue
         r = json.loads(line)
@@ -239,7 +248,7 @@ def pyrit(subset: str | None) -> list[Record]:
     out: list[Record] = []
     for name in files:
         rel = f"pyrit_crescendo/seed_datasets/local/{name}.prompt"
-        doc = yaml.safe_load(local_or_download(rel, f"{PYRIT_URL}/seed_datasets/local/{name}.prompt").read_text())
+        doc = yaml.safe_load(_text(local_or_download(rel, f"{PYRIT_URL}/seed_datasets/local/{name}.prompt")))
         seeds = doc.get("seeds", [])
         groups: dict[str, list[dict]] = {}
         for s in seeds:
@@ -270,7 +279,7 @@ def hh_rlhf_harmless(subset: str | None) -> list[Record]:
 
     if data_dir() is not None:
         path = local_or_download("corpus/hh_rlhf_harmless_test/harmless-base_test.jsonl", None)
-        dialogues = [json.loads(line)["chosen"] for line in path.read_text(encoding="utf-8").splitlines()
+        dialogues = [json.loads(line)["chosen"] for line in _text(path).splitlines()
                      if line.strip()]
     else:
         dialogues = [r["chosen"] for r in hub_dataset("Anthropic/hh-rlhf", data_dir="harmless-base", split="test")]
@@ -319,18 +328,50 @@ LABELS = {"safe": "safe", "unsafe": "unsafe", "harmful": "unsafe", "unharmful": 
           "benign": "safe", "harmless": "safe", "1": "unsafe", "0": "safe", "true": "unsafe", "false": "safe"}
 
 
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _messages(value: list[Any], where: str) -> list[dict[str, str]]:
+    """A conversation: role/content messages (ShareGPT's from/value too), with a user turn."""
+    out = []
+    for j, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise SaesteerError(f"{where}: message {j} is {type(m).__name__} {m!r}, not an object like "
+                                '{"role": "user", "content": "..."}')
+        role = m.get("role") or SHAREGPT_ROLES.get(str(m.get("from")).lower())
+        content = m.get("content", m.get("value"))
+        if role not in ROLES:
+            raise SaesteerError(f"{where}: message {j} needs a role of {', '.join(ROLES)} "
+                                f"(keys 'role' and 'content'), got {dict(m)!r}")
+        if not isinstance(content, str):
+            raise SaesteerError(f"{where}: message {j} needs text 'content', got {content!r}")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "user" for m in out):
+        raise SaesteerError(f"{where}: the conversation has no user message")
+    return out
+
+
 def records_from_rows(rows: list[dict[str, Any]], source: str) -> list[Record]:
     """Generic rows → records: finds the prompt (or messages) and an optional safety label."""
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise SaesteerError(f"{source}: row {i} is {type(row).__name__} {str(row)[:40]}, not an object; "
+                                'write one object per row, like {"prompt": "...", "label": "unsafe"}')
         lowered = {str(k).lower(): v for k, v in row.items()}
-        prompt: Any = next((lowered[k] for k in CONVERSATION_KEYS if isinstance(lowered.get(k), list)), None)
-        if prompt is not None:
-            prompt = [{"role": m.get("role") or {"human": "user", "gpt": "assistant"}.get(m.get("from"), "user"),
-                       "content": m.get("content", m.get("value", ""))} for m in prompt]
+        # A conversation under a conversation key, or under `prompt` (a list of messages).
+        key = next((k for k in (*CONVERSATION_KEYS, "prompt") if isinstance(lowered.get(k), list)), None)
+        prompt: Any
+        if key is not None:
+            prompt = _messages(lowered[key], f"{source}: row {i}, {key!r}")
         else:
             prompt = next((lowered[k] for k in PROMPT_KEYS if isinstance(lowered.get(k), str)), None)
         if prompt is None:
+            wrong = next((k for k in PROMPT_KEYS + CONVERSATION_KEYS if k in lowered), None)
+            if wrong is not None:
+                raise SaesteerError(f"{source}: row {i}: {wrong!r} is {type(lowered[wrong]).__name__} "
+                                    f"{repr(lowered[wrong])[:40]}, expected text or a list of messages")
             raise SaesteerError(f"{source}: row {i} has none of the fields {PROMPT_KEYS + CONVERSATION_KEYS}")
         raw_label = next((lowered[k] for k in ("label", "prompt_harm_label", "harmful") if k in lowered), None)
         label = LABELS.get(str(raw_label).lower()) if raw_label is not None else None
@@ -348,12 +389,12 @@ def local_file(path: Path) -> list[Record]:
     name = path.stem
     if suffix == ".txt":
         return [Record(id=f"{name}-{i}", prompt=line.strip(), source=name)
-                for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()) if line.strip()]
+                for i, line in enumerate(_text(path).splitlines()) if line.strip()]
     if suffix == ".csv":
         return records_from_rows(_csv_rows(path, encoding="utf-8-sig"), name)
     if suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_text(path).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -364,6 +405,9 @@ def local_file(path: Path) -> list[Record]:
         data = _json(path)
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), [])
+        if not isinstance(data, list):
+            raise SaesteerError(f"{path} holds a JSON {type(data).__name__}; expected a list of rows "
+                                "(or an object holding one)")
         return records_from_rows(data, name)
     raise SaesteerError(f"unsupported dataset file type {suffix}; use .jsonl, .json, .csv or .txt")
 
@@ -414,6 +458,8 @@ def load_records(spec: str, *, limit: int | None = None, seed: int = 0) -> list[
     With `limit`, each dataset contributes a seeded random sample of at most `limit` records
     (kept in dataset order), so small runs are representative and reproducible.
     """
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise SaesteerError(f"--limit must be at least 1 (or left out for every record), got {limit}")
     out: list[Record] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         records = _load_one(part)

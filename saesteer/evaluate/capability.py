@@ -38,7 +38,7 @@ from saesteer.evaluate.capability_ll import loglikelihoods
 from saesteer.evaluate.capability_summary import summarise
 from saesteer.evaluate.capability_tasks import DATASET, DEFAULT_TASKS, TASKS, parse_tasks, task_format
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
-from saesteer.evaluate.rundir import previous_run
+from saesteer.evaluate.rundir import finished_rows, previous_run
 from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, generate
 from saesteer.models import ChatModel
@@ -326,7 +326,7 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
         write_json(out / "run.json", run_info)
 
     path = _rows_path(out, shard)
-    done = {(row["task"], row["id"]) for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
+    done = {(row["task"], row["id"]) for row in finished_rows(path, ("task", "id"))}
     runner = _Runner(lm, config, steering, judge)
     started = time.time()
     rank = f" rank {shard.rank}" if shard.world > 1 else ""

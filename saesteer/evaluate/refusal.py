@@ -17,9 +17,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
-from saesteer.errors import SaesteerError
+from saesteer.errors import SaesteerError, at_least
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
-from saesteer.evaluate.rundir import previous_run
+from saesteer.evaluate.rundir import finished_rows, previous_run
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, OnDone, generate
@@ -42,6 +42,10 @@ class RefusalEvalConfig:
     seed: int = 0
     chunk: int = 64
     """Prompts generated and written per step (the unit of resumption)."""
+
+    def __post_init__(self) -> None:
+        at_least(1, limit=self.limit, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                 chunk=self.chunk)
 
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun to resume into the same folder."""
@@ -73,7 +77,7 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
         write_json(out / "run.json", run_info)
     mine = shard.take(records)
     path = _rows_path(out, shard)
-    done = {row["id"] for row in read_jsonl(path, tolerate_torn_tail=True)} if path.exists() else set()
+    done = {row["id"] for row in finished_rows(path)}
     todo = [r for r in mine if r.id not in done]
     gen_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                system=config.system, seed=config.seed)

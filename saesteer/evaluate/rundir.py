@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from saesteer.errors import SaesteerError
-from saesteer.files import read_json
+from saesteer.files import read_json, read_jsonl
 
 
 def previous_run(out: Path, run_info: dict[str, Any], model_id: str,
@@ -16,6 +16,8 @@ def previous_run(out: Path, run_info: dict[str, Any], model_id: str,
     if not path.exists():
         return None
     previous = read_json(path)
+    if not isinstance(previous, dict) or not isinstance(previous.get("model", {}), dict):
+        raise SaesteerError(f"{path} is not a run record (a JSON object); delete it (or the folder) to start over")
     for key in keys:
         if previous.get(key) != run_info.get(key):
             raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
@@ -23,3 +25,16 @@ def previous_run(out: Path, run_info: dict[str, Any], model_id: str,
     if previous.get("model", {}).get("model_id") != model_id:
         raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
     return previous
+
+
+def finished_rows(path: Path, keys: tuple[str, ...] = ("id",)) -> list[dict[str, Any]]:
+    """The rows an earlier run of this folder wrote (none if `path` is missing); each must hold `keys`."""
+    if not path.exists():
+        return []
+    rows = read_jsonl(path, tolerate_torn_tail=True)
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in keys if not isinstance(row.get(k), str)]
+        if missing:
+            raise SaesteerError(f"{path}: row {n} has no {missing[0]!r}, so it is not a row saesteer wrote; "
+                                "delete that line (or the file) and rerun")
+    return rows

@@ -7,7 +7,7 @@ from typing import Any
 
 from saesteer import html as H
 from saesteer.errors import SaesteerError
-from saesteer.files import read_json, read_jsonl, write_text
+from saesteer.files import ensure_dir, read_json, read_jsonl, write_text
 from saesteer.report.plots import by_run, pareto_plot, strength_plot
 
 PAPER = {  # O'Brien et al., Phi-3 Mini, feature 22373 (Tables 1, 2, 8)
@@ -87,6 +87,23 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
             + "\n## Every run\n\n" + table(["run", *head], every))
 
 
+ROW_KEYS = {"name": str, "method": str, "metric": str, "dataset": str}
+
+
+def _check_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every row is one the sweep writes (`sweep.collect`); a hand-edited or foreign file fails here."""
+    for n, row in enumerate(rows, 1):
+        for key, kind in ROW_KEYS.items():
+            if not isinstance(row.get(key), kind):
+                raise SaesteerError(f"{path}:{n} has no {key!r} (a results row needs {', '.join(ROW_KEYS)}); "
+                                    "rerun saesteer sweep on the folder to rebuild it")
+        for key in ("value", "ci_low", "ci_high", "strength", "feature"):
+            value = row.get(key)
+            if key not in row or value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise SaesteerError(f"{path}:{n} has no number (or null) under {key!r}; rerun saesteer sweep on the "
+                                    "folder to rebuild it")
+
+
 def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / "results.jsonl"
@@ -95,8 +112,8 @@ def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     rows = read_jsonl(results)
     if not rows:
         raise SaesteerError(f"{results} is empty: no finished runs yet")
-    out = Path(out) if out else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    _check_rows(rows, results)
+    out = ensure_dir(Path(out) if out else sweep_dir / "report")
     strength_png = strength_plot(rows, out / "strength.png")
     pareto_png = pareto_plot(rows, out / "pareto.png")
     table_rows = paper_table(rows)
