@@ -68,3 +68,13 @@ def test_judge_cli_writes_coherent_beside_refusal(tmp_path):
     assert all(isinstance(r["coherent"], bool) and isinstance(r["refusal"], bool) for r in judged)
     assert [r["coherent"] for r in judged] == [True, False, True]
     assert [r["outcome"] for r in judged] == ["refusal", "broken", "compliance"]
+
+
+def test_refusal_summary_counts_broken_refusals_apart():
+    from saesteer.evaluate.refusal import summarise
+
+    rows = [{"id": str(i), "dataset": "d", "label": "unsafe", "refusal": refusal, "coherent": coherent}
+            for i, (refusal, coherent) in enumerate([(True, True), (True, False), (False, False), (False, True)])]
+    rows.append({"id": "old", "dataset": "d", "label": "unsafe", "refusal": True})  # a run from before the check
+    s = summarise(rows)["unsafe_refusal"]
+    assert s["k"] == 3 and s["coherent_refusal"]["k"] == 2 and s["broken"]["k"] == 2 and s["n"] == 5

@@ -109,6 +109,7 @@ def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, ju
     """Generate and judge a chunk of prompts (rows are written by the caller); `on_done` hears of
     each prompt as its answer finishes, so progress moves per prompt, not per chunk."""
     from saesteer.judge import judge_stopper
+    from saesteer.judge.io import coherence_fields
 
     prompts = [r.prompt for r in chunk]
     texts = [r.text for r in chunk]
@@ -126,7 +127,8 @@ def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, ju
         row = {"id": r.id, "dataset": r.source, "label": r.label, "category": r.category,
                "prompt": r.prompt, "response": g.text, "refusal": bool(v.refusal),
                "partial": bool(getattr(v, "partial", False)), "judge": getattr(v, "tier", None),
-               "finish_reason": g.finish_reason, "new_tokens": g.n_new_tokens}
+               "finish_reason": g.finish_reason, "new_tokens": g.n_new_tokens,
+               **coherence_fields(g.text, bool(v.refusal))}
         if decisions is not None:
             row["steered"] = decisions.get(i, False)
         rows.append(row)
@@ -153,7 +155,9 @@ def _merge(out: Path, shard: Shard, records: list[Record]) -> list[dict[str, Any
 
 
 def summarise(rows: list[dict[str, Any]], records: list[Record] | None = None) -> dict[str, Any]:
-    """Refusal on unsafe, over-refusal on safe: overall, per dataset and per category."""
+    """Refusal on unsafe, over-refusal on safe: overall, per dataset and per category. Each
+    group also gives its coherent refusals and its broken (degenerate) answers: a refusal that
+    is not coherent text is counted under `broken`, not as a working refusal."""
     groups: dict[tuple[str, str, str | None], list[dict]] = defaultdict(list)
     for row in rows:
         if row.get("label") not in ("safe", "unsafe"):
@@ -167,6 +171,10 @@ def summarise(rows: list[dict[str, Any]], records: list[Record] | None = None) -
         k = sum(r["refusal"] for r in items)
         out = rate(k, len(items))
         out["partial"] = sum(r.get("partial", False) for r in items)
+        # Rows of runs older than the coherence check count as coherent.
+        broken = sum(not r.get("coherent", True) for r in items)
+        out["coherent_refusal"] = rate(sum(r["refusal"] and r.get("coherent", True) for r in items), len(items))
+        out["broken"] = rate(broken, len(items))
         if any("steered" in r for r in items):
             out["steered"] = sum(bool(r.get("steered")) for r in items)
         return out

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022#]+)\s*")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class CoherenceStats:
     """zlib-compressed bytes / raw bytes (prose ~0.5-0.7 at this length; loops far lower)."""
     letters: float
     """Share of non-space characters that are letters."""
+    repeated_lines: float = 0.0
+    """Share of lines (list numbering stripped) that repeat an earlier line, when there are 4+."""
     mean_nll: float | None = None
     """The unsteered model's mean per-token loss on the answer, when measured."""
 
@@ -45,12 +48,13 @@ class CoherenceStats:
 class CoherenceThresholds:
     min_words: int = 12
     """Answers shorter than this are judged by their runs and letters only."""
-    repeated_trigrams: float = 0.35
+    repeated_trigrams: float = 0.40
     longest_run: int = 4
     top_word_share: float = 0.25
     compression: float = 0.30
     min_chars_for_compression: int = 240
     letters: float = 0.6
+    repeated_lines: float = 0.4
     mean_nll: float = 6.0
 
 
@@ -76,7 +80,11 @@ def coherence_stats(text: str) -> CoherenceStats:
     compression = len(zlib.compress(raw, 9)) / len(raw) if raw else 1.0
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible) / len(visible) if visible else 1.0
-    return CoherenceStats(n, repeats / len(trigrams) if trigrams else 0.0, best, top, compression, letters)
+    lines = [_NUMBERING.sub("", x).strip().lower() for x in text.splitlines()]
+    lines = [x for x in lines if x]
+    repeated_lines = (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 4 else 0.0
+    return CoherenceStats(n, repeats / len(trigrams) if trigrams else 0.0, best, top, compression, letters,
+                          repeated_lines)
 
 
 def incoherence_reasons(stats: CoherenceStats, t: CoherenceThresholds = DEFAULT_THRESHOLDS,
@@ -92,6 +100,8 @@ def incoherence_reasons(stats: CoherenceStats, t: CoherenceThresholds = DEFAULT_
             reasons.append(f"{stats.repeated_trigrams:.0%} of 3-word phrases repeated")
         if stats.top_word_share > t.top_word_share:
             reasons.append(f"one word is {stats.top_word_share:.0%} of the text")
+        if stats.repeated_lines >= t.repeated_lines:
+            reasons.append(f"{stats.repeated_lines:.0%} of lines repeated")
         if (n_chars or 0) >= t.min_chars_for_compression and stats.compression < t.compression:
             reasons.append(f"compresses to {stats.compression:.0%}")
     if stats.mean_nll is not None and stats.mean_nll > t.mean_nll:
