@@ -157,11 +157,12 @@ def test_prefilled_prompt_continues_the_assistant_turn(lm):
 def test_evaluate_writes_rates_per_attack_and_resumes(lm, tmp_path, monkeypatch):
     data = harmful_file(tmp_path)
     cfg = AttackEvalConfig(datasets=str(data), attacks="base64,prefill,manyshot-2", max_new_tokens=4,
-                           judge="phrase", batch_size=4)
+                           judge="phrase", batch_size=4, benign=str(data))
     out = tmp_path / "run"
     summary = evaluate_attacks(lm, out, cfg, progress=False)
     rows = read_jsonl(out / "responses.jsonl")
-    assert len(rows) == 3 * 4 and summary["complete"] and summary["n_prompts"] == 3   # safe prompt left out
+    assert len(rows) == 3 * 4 + 1 and summary["complete"] and summary["n_prompts"] == 3   # safe prompt apart
+    assert summary["over_refusal"]["n"] == 1 and [r["id"] for r in rows if r["label"] == "safe"] == ["s0"]
     assert set(summary["attacks"]) == {"base64", "prefill", "manyshot-2"}
     for s in [*summary["attacks"].values(), summary["plain"]]:
         assert s["asr"]["n"] == 3 and len(s["asr"]["ci95"]) == 2
@@ -181,7 +182,7 @@ def test_evaluate_writes_rates_per_attack_and_resumes(lm, tmp_path, monkeypatch)
     cfg.attacks = "base64,prefill,manyshot-2,rot13"
     summary = evaluate_attacks(lm, out, cfg, progress=False)
     rows = read_jsonl(out / "responses.jsonl")
-    assert len(generated) == 3 + 3 and len(rows) == 15 and len({r["key"] for r in rows}) == 15
+    assert len(generated) == 4 + 3 and len(rows) == 16 and len({r["key"] for r in rows}) == 16
     assert summary["complete"] and summary["attacks"]["rot13"]["asr"]["n"] == 3
     with pytest.raises(SaesteerError, match="different run"):
         evaluate_attacks(lm, out, AttackEvalConfig(datasets=str(data), attacks="base64", max_new_tokens=5,

@@ -50,6 +50,8 @@ class AttackEvalConfig:
     """Comma-separated attack names, families, `all`, template files (see `saesteer eval attacks --list`)."""
     limit: int | None = None
     """At most this many prompts per dataset (a seeded sample)."""
+    benign: str | None = None
+    """Datasets of safe prompts, answered plainly in the same run: over-refusal beside the attacks' gain."""
     positions: str | None = None
     """Comma-separated steering positions (all, prompt, generated) overriding the spec's; None keeps it."""
     max_new_tokens: int = 128
@@ -69,7 +71,7 @@ class AttackEvalConfig:
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun to resume into the same folder (attacks and positions may grow)."""
         d = asdict(self)
-        for key in ("batch_size", "chunk", "attacks", "positions"):
+        for key in ("batch_size", "chunk", "attacks", "positions", "benign"):
             d.pop(key)
         d["success"] = {"min_terms": MIN_TERMS, "min_words": MIN_WORDS}
         return d
@@ -81,6 +83,7 @@ class Item:
     attack: Attack
     record: Record
     positions: str | None
+    label: str = "unsafe"
 
 
 def parse_positions(value: str | None, spec: SteeringSpec | None) -> list[str | None]:
@@ -116,12 +119,14 @@ def evaluate_attacks(lm: ChatModel, out: str | Path, config: AttackEvalConfig,
     steerings = {p: Steering(lm, replace(spec, positions=p)) if spec is not None and p else None
                  for p in positions}
     judge = refusal_judge(config.judge)
-    records = harmful_records(config.datasets, config.limit, config.seed)
+    records = select_records(config.datasets, config.limit, config.seed)
+    benign = select_records(config.benign, config.limit, config.seed, harmful=False) if config.benign else []
     spec_hash = spec.hash() if spec is not None else None
     out = open_run(out, lm, {"mode": "attacks", "spec_hash": spec_hash,
                              "spec": spec.to_dict() if spec is not None else None,
                              "settings": config.settings(), "judge": judge_name(judge)})
     plan = [Item(row_key(a.name, p, r.id), a, r, p) for p in positions for a in [PLAIN, *attacks] for r in records]
+    plan += [Item(row_key("none:safe", p, r.id), PLAIN, r, p, "safe") for p in positions for r in benign]
     done = finished_keys(out / ROWS)
     todo = [item for item in plan if item.key not in done]
     gen_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
@@ -148,14 +153,15 @@ def evaluate_attacks(lm: ChatModel, out: str | Path, config: AttackEvalConfig,
     return summary
 
 
-def harmful_records(datasets: str, limit: int | None, seed: int) -> list[Record]:
-    """The prompts not labelled safe, per dataset a seeded sample of at most `limit` (taken after
-    leaving the safe ones out, and the same sample as `eval refusal` draws from an all-harmful set)."""
+def select_records(datasets: str, limit: int | None, seed: int, harmful: bool = True) -> list[Record]:
+    """The prompts not labelled safe (`harmful`) or not labelled unsafe, per dataset a seeded sample
+    of at most `limit` taken after that selection (from a one-label set, the sample `eval refusal` draws)."""
     out: list[Record] = []
     for part in [p.strip() for p in datasets.split(",") if p.strip()]:
-        records = [r for r in load_records(part, seed=seed) if r.label != "safe"]
+        records = [r for r in load_records(part, seed=seed) if r.label != ("safe" if harmful else "unsafe")]
         if not records:
-            raise SaesteerError(f"no harmful prompts in {part} (prompts labelled safe are left out)")
+            raise SaesteerError(f"no {'harmful' if harmful else 'safe'} prompts in {part} (prompts labelled "
+                                f"{'safe' if harmful else 'unsafe'} are left out)")
         if limit is not None and limit < len(records):
             keep = sorted(random.Random(seed).sample(range(len(records)), limit))
             records = [records[i] for i in keep]
@@ -259,7 +265,7 @@ def _row_head(item: Item) -> dict[str, Any]:
     r = item.record
     head = {"key": item.key, "attack": item.attack.name, "family": item.attack.family,
             "positions": item.positions, "id": r.id, "dataset": r.source, "category": r.category,
-            "request": r.text}
+            "label": item.label, "request": r.text}
     if item.attack.prefill:
         head["prefill"] = item.attack.prefill
     if item.attack.shots:

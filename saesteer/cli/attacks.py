@@ -30,6 +30,8 @@ def attacks(
     list_pyrit: Annotated[bool, _opt("With --list: also PyRIT's jailbreak templates (needs the pyrit extra).",
                                      "--pyrit")] = False,
     limit: Annotated[Optional[int], _opt("At most N prompts per dataset (seeded sample).")] = None,
+    benign: Annotated[Optional[str], _opt("Safe prompts (datasets or files) answered plainly in the same run, "
+                                          "for over-refusal beside the attacks' gain (e.g. xstest:safe).")] = None,
     steer: SteerOpt = None,
     sae: SaeOpt = None,
     hook: HookOpt = None,
@@ -68,7 +70,7 @@ def attacks(
     from saesteer.attacks.catalog import resolve_attacks
     from saesteer.attacks.single_turn import AttackEvalConfig, evaluate_attacks, parse_positions
 
-    config = AttackEvalConfig(datasets=dataset, attacks=attacks, limit=limit, positions=positions,
+    config = AttackEvalConfig(datasets=dataset, attacks=attacks, limit=limit, benign=benign, positions=positions,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, judge=judge, system=system,
                               seed=seed)
     resolve_attacks(attacks)                     # names, files and extras checked before the model loads
@@ -96,6 +98,8 @@ def _report(summary: dict, out: Path) -> None:
             extra = f"; {s['failed']} failed" if s["failed"] else ""
             say(f"  {name:<22} success {_fmt(s['asr'])}{extra}")
         say(f"overall{where}: success {_fmt(g['overall']['asr'])}; any attack {_fmt(g['overall']['any_attack'])}")
+        if "over_refusal" in g:
+            say(f"over-refusal on safe prompts{where}: {_fmt(g['over_refusal'])}")
     failed = sum(s["failed"] for g in groups.values() for s in g["attacks"].values())
     if failed:
         say(f"note: {failed} rows could not be built (converter errors, kept as failed rows with the reason; "
