@@ -226,6 +226,13 @@ def summarise(out: Path, report: Path, seconds: float) -> dict[str, Any]:
         f"baselines: refusal direction {pct(dir_unsafe)} unsafe / {pct(of(dir_name, 'safe_over_refusal'))} safe refused; "
         f"CAA {pct(caa_unsafe)} / {pct(of(caa_name, 'safe_over_refusal'))}",
     ]
+    named = [("unsteered", _name("none", runs)), ("clamped", clamp_name), ("conditional", cond_name),
+             ("CAA", caa_name)]
+    if any(of(n, "unsafe_coherent_refusal") is not None for _, n in named):
+        lines.append("coherent refusal of unsafe prompts (a broken refusal does not count): " + ", ".join(
+            f"{pct(of(n, 'unsafe_coherent_refusal'))} {label}" for label, n in named))
+        lines.append("broken (degenerate) answers, unsafe / safe prompts: " + ", ".join(
+            f"{pct(of(n, 'unsafe_broken'))} / {pct(of(n, 'safe_broken'))} {label}" for label, n in named))
     return {"lines": lines, "report": str(report), "seconds": round(seconds, 1),
             "runs": {n: {k: (v[0] if isinstance(v, tuple) else v) for k, v in r.items()} for n, r in runs.items()}}
 

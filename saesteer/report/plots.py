@@ -12,7 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SAFETY = ("unsafe_refusal", "safe_over_refusal")
+QUALITY = ("unsafe_coherent_refusal", "unsafe_broken", "safe_broken")
+"""Answer-quality metrics of the refusal evaluation: neither safety axes nor capability."""
 LABELS = {"unsafe_refusal": "refusal on unsafe prompts ↑", "safe_over_refusal": "over-refusal on safe prompts ↓",
+          "unsafe_coherent_refusal": "coherent refusal on unsafe prompts ↑",
+          "unsafe_broken": "broken answers, unsafe prompts ↓", "safe_broken": "broken answers, safe prompts ↓",
           "capability": "capability (mean accuracy) ↑"}
 METHOD_STYLE = {"none": ("k", "o"), "sae_clamp": ("tab:red", "o"), "conditional_sae_clamp": ("tab:purple", "s"),
                 "refusal_direction": ("tab:blue", "^"), "caa": ("tab:green", "D")}
@@ -24,9 +28,10 @@ def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     caps: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         run = runs.setdefault(r["name"], {"method": r["method"], "strength": r["strength"], "feature": r["feature"]})
-        if r["metric"] in SAFETY and r["dataset"] == "all":
-            run[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
-        elif r["metric"] not in SAFETY and r["value"] is not None:
+        if r["metric"] in SAFETY + QUALITY:
+            if r["dataset"] == "all":
+                run[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
+        elif r["value"] is not None:
             run[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
             caps[r["name"]].append(r["value"])
     for name, values in caps.items():
