@@ -55,14 +55,17 @@ def judge(
     judge_obj = get_judge(judge_name, **options)
     from tqdm.auto import tqdm
 
-    bar = tqdm(unit="row", desc=f"judge {judge_obj.name}", leave=False)
+    bar = None  # opened with the first row, so an --out that cannot be resumed is the only line printed
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="row", desc=f"judge {judge_obj.name}", leave=False)
         bar.update(done - bar.n)
 
     counts = judge_file(input, out, judge_obj, batch_size=batch_size, progress=progress)
-    bar.close()
+    if bar is not None:
+        bar.close()
     n = counts["judged"] + counts["skipped"]
     say(f"{counts['judged']} rows judged ({counts['skipped']} already in {out}) with {judge_obj.name}: "
         f"{counts['refusals']} refusals ({counts['partial']} partial) and {counts['broken']} broken answers "

@@ -122,6 +122,8 @@ def eval_sae(
     at_least(0, contexts=contexts)
     at_least(1, eval_tokens=eval_tokens, batch_size=batch_size, holdout_tokens=holdout_tokens)
     at_least(2, context_length=context_length)
+    if out is not None and out.is_dir():
+        raise SaesteerError(f"--out {out} is a folder; give a file path, e.g. {out / 'metrics.json'}")
     dev = resolve_device(device)
     sae = load_sae(sae_dir, device=dev)
     meta = sae.metadata
