@@ -303,3 +303,31 @@ def test_condition_scope_round_trips_and_leaves_older_spec_hashes_alone(tmp_path
     assert again.hash() != plain.with_paths(tmp_path).hash()
     with pytest.raises(SaesteerError, match="unknown condition scope"):
         ConditionSpec(**base, scope="everything")
+
+
+def test_a_copied_or_moved_spec_folder_still_works(lm, sae_dir, tmp_path):
+    """Specs store paths relative to themselves (issue #13, item 8); the hash pins still hold."""
+    import shutil
+
+    from saesteer.sae import load_sae
+
+    a = tmp_path / "a"
+    shutil.copytree(sae_dir, a / "sae")
+    spec = sae_clamp_spec((a / "sae").resolve(), "model.layers.1", [FeatureEdit(3, "clamp", 7.0)],
+                          sha256=load_sae(a / "sae").content_hash())
+    spec.save(a / "specs" / "clamp.yaml")
+    assert SteeringSpec.load(a / "specs" / "clamp.yaml").interventions[0].sae.path == "../sae"
+    before = SteeringSpec.load(a / "specs" / "clamp.yaml").hash()
+    shutil.move(a, tmp_path / "b")
+    moved = SteeringSpec.load(tmp_path / "b" / "specs" / "clamp.yaml")
+    assert moved.hash() == before
+    with Steering(lm, moved).active():
+        generate(lm, ["hi"], GenerationConfig(max_new_tokens=2))
+    weights = tmp_path / "b" / "sae" / "sae_weights.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    tensors["W_dec"][0, 0] += 1.0
+    save_file(tensors, str(weights))
+    with pytest.raises(SaesteerError, match="has changed since the spec was written"):
+        Steering(lm, SteeringSpec.load(tmp_path / "b" / "specs" / "clamp.yaml"))
