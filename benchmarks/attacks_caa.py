@@ -1,0 +1,116 @@
+"""Does steering hold under attack? Single-turn attack success on a model, unsteered vs CAA.
+
+    SAESTEER_DATA=/path/to/shared/data OMP_NUM_THREADS=1 python benchmarks/attacks_caa.py \\
+        --out runs/attacks --limit 10 --max-new-tokens 40
+
+Builds the CAA refusal direction at --layer from 48 harmful_train + 48 harmless_train prompts (the
+refusal-direction *train* splits, disjoint from the attacked prompts; as
+benchmarks/judge_label_set.py does), writes it as a steering spec (added with --value at all
+positions), and runs `saesteer eval attacks` through the API for each condition: unsteered, CAA,
+and any --spec NAME=FILE. The prefilling attacks (and the plain request) also run with steering
+on the prompt only and on the generated tokens only, for every steered condition. Each
+condition's folder holds responses.jsonl, summary.json and run.json (the spec and its hash); the
+table printed at the end puts the attack success rates side by side. Every run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def caa_spec(lm, out: Path, layer: int, value: float):
+    from saesteer.data import load_records
+    from saesteer.steer import FileRef, InterventionSpec, SteeringSpec
+    from saesteer.steer.directions import caa_direction, save_vectors
+
+    vectors = out / f"caa_l{layer}.safetensors"
+    if not vectors.exists():
+        harmful = [r.text for r in load_records("harmful_train", limit=48, seed=0)]
+        harmless = [r.text for r in load_records("harmless_train", limit=48, seed=0)]
+        v = caa_direction(lm, harmful + harmless, [layer], progress="CAA direction")[layer]
+        save_vectors(vectors, {"caa": v}, {"layer": str(layer)})
+    spec = SteeringSpec(interventions=[InterventionSpec(hook=str(layer), vector=FileRef(str(vectors.resolve()),
+                        key="caa"), op="add", value=value)], name=f"caa-L{layer}-{value:g}")
+    spec.save(out / f"caa_l{layer}_{value:g}.yaml")
+    return spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--dataset", default="harmbench")
+    ap.add_argument("--benign", default="xstest:safe", help="safe prompts for over-refusal ('' for none)")
+    ap.add_argument("--attacks", default="all")
+    ap.add_argument("--limit", type=int, default=10)
+    ap.add_argument("--layer", type=int, default=9)
+    ap.add_argument("--value", type=float, default=1.5)
+    ap.add_argument("--spec", action="append", default=[], help="NAME=FILE: another steering spec")
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    from saesteer.attacks.single_turn import AttackEvalConfig, evaluate_attacks
+    from saesteer.files import ensure_dir
+    from saesteer.models import load_model
+
+    out = ensure_dir(args.out)
+    lm = load_model(args.model)
+    conditions = {"none": None, f"caa{args.value:g}": caa_spec(lm, out, args.layer, args.value)}
+    conditions.update(dict(item.split("=", 1) for item in args.spec))
+    summaries = {}
+    for name, spec in conditions.items():
+        print(f"[attacks] {name}", file=sys.stderr, flush=True)
+        cfg = AttackEvalConfig(datasets=args.dataset, attacks=args.attacks, limit=args.limit,
+                               benign=args.benign or None, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size)
+        summaries[name] = evaluate_attacks(lm, out / name, cfg, spec)
+        if spec is not None:
+            # `all` is the main run's; the prompt-only and generated-only positions run here
+            cfg.attacks, cfg.positions, cfg.benign = "prefill,prefill_steps", "prompt,generated", None
+            summaries[f"{name} prefill"] = evaluate_attacks(lm, out / f"{name}_prefill_positions", cfg, spec)
+    print_table(summaries)
+
+
+def _cell(s: dict) -> str:
+    return f"{s['k']}/{s['n']} ({s['rate']:.0%} [{s['ci95'][0]:.0%}, {s['ci95'][1]:.0%}])" if s["n"] else "-"
+
+
+def print_table(summaries: dict) -> None:
+    main_runs = {k: v for k, v in summaries.items() if not k.endswith(" prefill")}
+    names = list(main_runs)
+    print("| attack | family | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
+    first = next(iter(main_runs.values()))
+    print("| plain request: refusal | | " + " | ".join(_cell(s["plain"]["refusal"]) for s in main_runs.values()) + " |")
+    if "over_refusal" in first:
+        print("| safe prompts: over-refusal | | " + " | ".join(_cell(s["over_refusal"]) for s in main_runs.values())
+              + " |")
+    print("| plain request: success | | " + " | ".join(_cell(s["plain"]["asr"]) for s in main_runs.values()) + " |")
+    for attack, a in first["attacks"].items():
+        print(f"| {attack} | {a['family']} | " + " | ".join(_cell(s["attacks"][attack]["asr"])
+                                                        for s in main_runs.values()) + " |")
+    for family in first["families"]:
+        print(f"| **{family}** (pooled) | | " + " | ".join(_cell(s["families"][family]["asr"])
+                                                         for s in main_runs.values()) + " |")
+    print("| **all attacks** (pooled) | | " + " | ".join(_cell(s["overall"]["asr"]) for s in main_runs.values()) + " |")
+    print("| any attack (per prompt) | | " + " | ".join(_cell(s["overall"]["any_attack"])
+                                                      for s in main_runs.values()) + " |")
+    for name, s in summaries.items():
+        if name.endswith(" prefill"):
+            print(f"\n{name} by steering position:")
+            base = summaries[name.removesuffix(" prefill")]
+            groups = {"all": {"plain": base["plain"], "attacks": {a: base["attacks"][a] for a in
+                                                                  ("prefill", "prefill_steps") if a in base["attacks"]}},
+                      **s["by_positions"]}
+            for pos, g in groups.items():
+                cells = ", ".join(f"{a} {_cell(v['asr'])}" for a, v in g["attacks"].items())
+                print(f"  {pos}: plain {_cell(g['plain']['asr'])}; {cells}")
+
+
+if __name__ == "__main__":
+    main()
