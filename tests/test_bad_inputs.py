@@ -129,6 +129,7 @@ def world(tmp_path_factory):
     (w / "pairs_latin1.jsonl").write_bytes('{"prompt": "café", "response": "no"}\n'.encode("latin-1"))
     (w / "labelled_latin1.jsonl").write_bytes('{"response": "café", "refusal": true}\n'.encode("latin-1"))
     (w / "judged_list.jsonl").write_text('["not", "a", "row"]\n')
+    (w / "weights_list.json").write_text('[1, 2, 3]')
 
     # Steering specs (paths relative to the spec, as saesteer writes them).
     _spec(w, "ok.json")
@@ -312,6 +313,7 @@ CASES = [
     ("judge", "input not UTF-8", ["judge", "--input", "{w}/pairs_latin1.jsonl", "--out", "{out}/j.jsonl"], "is not UTF-8 text"),
     ("judge", "--out not UTF-8", JUDGE + ["--out", "{w}/latin1.jsonl"], "latin1.jsonl is not UTF-8 text"),
     ("judge", "--out rows not objects", JUDGE + ["--out", "{w}/judged_list.jsonl"], "is a JSON list, not an object"),
+    ("judge", "classifier weights a list", JUDGE + ["--judge", "classifier", "--weights", "{w}/weights_list.json"], "holds a JSON list, not classifier weights"),
     ("judge", "--train jsonl not UTF-8", ["judge", "--train", "{w}/labelled_latin1.jsonl", "--out", "{out}/w.json"], "is not UTF-8 text"),
     ("judge", "--train csv not UTF-8", ["judge", "--train", "{w}/latin1.csv", "--out", "{out}/w.json"], "latin1.csv is not UTF-8 text"),
     # serve start-up: checked before the model loads, or before it listens

@@ -170,6 +170,9 @@ def load_weights(path: str | Path | None = None) -> dict[str, Any]:
         weights = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SaesteerError(f"{path} is not a classifier weights file ({e})") from e
+    if not isinstance(weights, dict):
+        raise SaesteerError(f"{path} holds a JSON {type(weights).__name__}, not classifier weights; "
+                            "write weights with `saesteer judge --train FILE --out WEIGHTS`")
     if weights.get("format") != "saesteer-refusal-classifier/2" or \
             weights.get("families") != list(FEATURE_FAMILIES):
         raise SaesteerError(f"{path} was fitted for another version of the phrase features; "
