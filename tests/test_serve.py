@@ -340,6 +340,10 @@ def test_compare_returns_both_answers_and_per_token_activations(client, lm, file
         assert "".join(t["text"] for t in tokens) == body[side]["text"]
         assert all(isinstance(t["activation"], float) and t["activation"] >= 0 for t in tokens)
     assert any(t["activation"] > 0 for side in ("unsteered", "steered") for t in body[side]["tokens"])
+    for side in ("unsteered", "steered"):   # each answer is judged: refusal, coherent, outcome
+        v = body[side]["verdict"]
+        assert isinstance(v["refusal"], bool) and isinstance(v["coherent"], bool)
+        assert v["outcome"] in ("refusal", "compliance", "broken")
     # an explicit probe, request-level steering, and a direction spec (projection on the direction)
     r = post(client, {"messages": [{"role": "user", "content": prompt}], "max_tokens": 4,
                       "steering": {"sae": "sae", "features": [{"feature": 9, "op": "add", "value": 5}]},

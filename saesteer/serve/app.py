@@ -34,6 +34,8 @@ from starlette.requests import ClientDisconnect
 
 from saesteer.errors import SaesteerError
 from saesteer.generate import encode_prompt
+from saesteer.judge import get_judge
+from saesteer.judge.io import coherence_fields
 from saesteer.models import ChatModel, Conversation
 from saesteer.serve.batching import Batcher, Finished, Job, QueueFull, Sampling, ShuttingDown
 from saesteer.serve.config import ServeSettings
@@ -252,6 +254,14 @@ def create_app(lm: ChatModel, registry: Registry, settings: ServeSettings | None
 
     # --- the page's endpoint ----------------------------------------------------------------
 
+    judge = get_judge("auto")
+
+    def verdict(conv: Conversation, text: str) -> dict[str, Any]:
+        """The offline judge's reading of an answer: refusal, coherent, and so refusal / compliance / broken."""
+        users = [m["content"] for m in conv if m["role"] == "user"]
+        refusal = judge.judge([users[-1] if users else ""], [text])[0].refusal
+        return {"refusal": refusal, **coherence_fields(text, refusal)}
+
     @v1.post("/saesteer/compare")
     async def compare(request: Request) -> Response:
         req: CompareRequest = validated(CompareRequest, await read_json(request))
@@ -293,9 +303,11 @@ def create_app(lm: ChatModel, registry: Registry, settings: ServeSettings | None
             "steering": {"label": resolved.label, "hash": resolved.key, "positions": spec.positions,
                          "conditional": resolved.steering.gate is not None},
             "probe": probe.info,
-            "unsteered": {"text": unsteered.text, "finish_reason": unsteered.finish_reason, "tokens": tokens_u},
+            "unsteered": {"text": unsteered.text, "finish_reason": unsteered.finish_reason, "tokens": tokens_u,
+                          "verdict": verdict(conv_u, unsteered.text)},
             "steered": {"text": steered.text, "finish_reason": steered.finish_reason, "tokens": tokens_s,
-                        "steered": steered.steered, "detector_score": steered.detector_score},
+                        "steered": steered.steered, "detector_score": steered.detector_score,
+                        "verdict": verdict(conv_s, steered.text)},
         })
 
     app.include_router(v1)

@@ -120,6 +120,11 @@ function answer(column, side, probe, peakBoth) {
   let text = `${feature} @ ${probe.hook}: peak ${peak.toFixed(2)}`;
   if (column === "steered" && side.steered === false) text += ` · condition not met (score ${Number(side.detector_score).toFixed(2)}): not steered`;
   else if (column === "steered" && side.detector_score !== null && side.detector_score !== undefined) text += ` · condition met (score ${Number(side.detector_score).toFixed(2)})`;
+  if (side.verdict) {
+    text += ` · ${side.verdict.outcome}`;
+    if (!side.verdict.coherent) text += ` (${side.verdict.broken_because.join("; ")})`;
+    div.dataset.outcome = side.verdict.outcome;
+  }
   badge.textContent = text;
   div.appendChild(badge);
 }
