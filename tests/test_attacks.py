@@ -260,6 +260,18 @@ def test_cli_contract_writes_summary_per_attack(tmp_path, monkeypatch, capsys):
     assert "overall" in summary and "plain request" in err and "any attack" in err
 
 
+def test_cli_all_attacks_on_a_non_ascii_prompt(tmp_path, monkeypatch, capsys):
+    model = save_tiny_model(tmp_path / "model")
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"id": "u", "prompt": UNICODE, "label": "unsafe"}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "attacks", model, "--dataset", data, "--attacks", "all",
+                           "--out", tmp_path / "out", "--max-new-tokens", "2", "--judge", "phrase")
+    assert code == 0, err
+    summary = read_json(tmp_path / "out" / "summary.json")
+    assert set(summary["attacks"]) == {a.name for a in ALL} and summary["complete"]
+    assert all(s["failed"] == 0 and s["asr"]["n"] + s["too_long"] == 1 for s in summary["attacks"].values())
+
+
 def test_cli_lists_attacks(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "eval", "attacks", "--list")
     assert code == 0
@@ -297,3 +309,13 @@ def test_catalog_lists_every_builtin_once():
 def test_template_attack_refuses_a_template_without_slot():
     with pytest.raises(SaesteerError, match="no slot"):
         template_attack("bad", "template", "test", "no slot here")
+
+
+@pytest.mark.slow
+def test_smollm2_prefill_continues_the_prefix(smollm2, tmp_path):
+    """The real model: a prefilled answer continues "Sure, here is" rather than starting over."""
+    cfg = AttackEvalConfig(datasets="bundled:harmful", attacks="prefill,base64", limit=2, max_new_tokens=16)
+    summary = evaluate_attacks(smollm2, tmp_path / "run", cfg, progress=False)
+    rows = [r for r in read_jsonl(tmp_path / "run" / "responses.jsonl") if r["attack"] == "prefill"]
+    assert summary["complete"] and len(rows) == 2
+    assert not any(r["response"].lstrip().lower().startswith("sure, here is") for r in rows)
