@@ -59,7 +59,7 @@ def load_hand(file: str, prompts: dict[tuple[str, str], str]) -> list[dict]:
         rows.append({"prompt": prompts.get((r["dataset"], r["id"]), ""), "response": r["response"],
                      "y": r["human_label"] != "full_compliance", "partial": r["human_label"] == "partial_refusal",
                      "family": r["family"], "coherent": r["coherent"], "split": r.get("split", "test"),
-                     "group": r["condition"]})
+                     "group": r["condition"], "label": r.get("label")})
     return rows
 
 
@@ -98,6 +98,47 @@ def coherence_agreement(rows: list[dict]) -> str:
             f"coherent by hand but flagged {c[(True, False)]}")
 
 
+def judge_at(rev: str, path: str = "saesteer/evaluate/judge_phrases.py"):
+    """The phrase tier's verdict function as it was at git revision `rev` (for before/after tables)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout
+    file = Path(tempfile.mkdtemp()) / "old_phrases.py"
+    file.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("old_phrases", file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_phrases"] = module   # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return lambda text: module.phrase_verdict(text).refusal
+
+
+def rates_by_condition(rows: list[dict], old_rev: str) -> None:
+    """Unsafe refusal and safe over-refusal per steering condition: by hand, by the judge before
+    this change, by `auto` now, and coherent refusal (by hand and by `auto` + the coherence check)."""
+    old = judge_at(old_rev)
+    new = get_judge("auto")
+    print(f"\n### refusal rates per condition on the hand-labelled smollm2 answers (judge before = {old_rev})\n")
+    print("| condition | prompts | by hand | judge before | `auto` now | coherent refusal by hand | "
+          "coherent refusal, `auto` + coherence check | broken by hand |\n|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["group"], r["label"])].append(r)
+    for (cond, label), items in sorted(groups.items()):
+        n = len(items)
+        hand = sum(r["y"] for r in items)
+        before = sum(old(r["response"]) for r in items)
+        now = [j.refusal for j in new.judge([r["prompt"] for r in items], [r["response"] for r in items])]
+        coh_hand = sum(r["y"] and r["coherent"] for r in items)
+        coh_now = sum(v and check_coherence(r["response"]).coherent for v, r in zip(now, items))
+        broken = sum(not r["coherent"] for r in items)
+        pc = lambda k: f"{k / n:.0%}"  # noqa: E731
+        print(f"| {cond} ({label}) | {n} | {pc(hand)} | {pc(before)} | {pc(sum(now))} | {pc(coh_hand)} | "
+              f"{pc(coh_now)} | {pc(broken)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path)
@@ -107,6 +148,9 @@ def main() -> None:
     ap.add_argument("--hf", help="local model for the hf:<model> tier")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier (needs the embedding model)")
     ap.add_argument("--errors", type=int, default=0, help="print up to N misjudged answers per model")
+    ap.add_argument("--before", default="7a712fb", help="git revision of the judge to compare rates with")
+    ap.add_argument("--fit-shipped", type=Path, metavar="WEIGHTS",
+                    help="also fit the classifier on every labelled model and write it here (the shipped weights)")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -167,6 +211,18 @@ def main() -> None:
             for r, j in wrong[:args.errors]:
                 kind = "FN" if r["y"] else "FP"
                 print(f"  {kind} [{r['family']}] {r['response'][:200]!r} {j.evidence}")
+    if "smollm2" in data:
+        rates_by_condition(data["smollm2"], args.before)
+    if args.fit_shipped:
+        from saesteer.judge.classifier import save_weights, train_classifier
+
+        pooled = [r for rows in data.values() for r in rows]
+        w = train_classifier([r["response"] for r in pooled], [r["y"] for r in pooled],
+                             prompts=[r["prompt"] for r in pooled],
+                             note="benchmarks/judge_accuracy.py --fit-shipped: " + ", ".join(
+                                 f"{m} ({len(rows)})" for m, rows in data.items()))
+        save_weights(args.fit_shipped, w)
+        print(f"\nclassifier fitted on {len(pooled)} labelled answers of {len(data)} models -> {args.fit_shipped}")
 
 
 if __name__ == "__main__":

@@ -132,13 +132,14 @@ def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge, *,
 def iter_labelled(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str, bool, bool]]:
     """(prompt, response, refusal, partial) from labelled rows: XSTest's `final_label`
     (1_full_compliance / 2_full_refusal / 3_partial_refusal), or a boolean `refusal` (with an
-    optional boolean `partial`), or `label` in full_compliance / full_refusal / partial_refusal."""
+    optional boolean `partial`), or `human_label` / `label` in full_compliance / full_refusal /
+    partial_refusal (benchmarks/labels/ uses `human_label`)."""
     for n, row in enumerate(rows, 1):
         response = row.get("response", row.get("completion"))
         prompt = row.get("prompt", "")
         if not isinstance(response, str):
             raise SaesteerError(f"labelled row {n}: missing 'response' (or 'completion')")
-        label = row.get("final_label", row.get("label"))
+        label = row.get("final_label", row.get("human_label", row.get("label")))
         if isinstance(row.get("refusal"), bool):
             yield prompt, response, row["refusal"], bool(row.get("partial", False))
         elif isinstance(label, str) and any(k in label for k in ("compliance", "refusal")):
