@@ -36,19 +36,20 @@ def main() -> None:
     ap.add_argument("--answers", action="append", required=True)
     ap.add_argument("--labels", action="append", required=True, help="FILE:SPLIT")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--split", choices=("dev", "test"), help="put every row in this split (a model never read)")
     args = ap.parse_args()
     answers = {r["uid"]: r for path in args.answers for r in read(path)}
-    by_uid: dict[str, dict[str, dict]] = {}
+    by_uid: dict[str, list[tuple[str, dict]]] = {}
     for item in args.labels:
         path, _, split = item.rpartition(":")
         for r in read(path):
-            by_uid.setdefault(r["uid"], {})[split] = r
+            by_uid.setdefault(r["uid"], []).append((split, r))
     rows, pairs = [], Counter()
     for uid, labels in by_uid.items():
-        split = split_of(uid)
-        chosen = labels.get(split) or next(iter(labels.values()))
+        split = args.split or split_of(uid)
+        chosen = next((r for s, r in labels if s == split), labels[0][1])
         if len(labels) == 2:
-            a, b = labels.values()
+            (_, a), (_, b) = labels
             pairs["refusal"] += (a["human_label"] != "full_compliance") == (b["human_label"] != "full_compliance")
             pairs["coherent"] += a["coherent"] == b["coherent"]
             pairs["n"] += 1

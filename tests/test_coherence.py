@@ -42,12 +42,6 @@ def test_ordinary_answers_are_coherent(text):
     assert c.coherent, c.reasons
 
 
-def test_language_model_loss_can_flag_word_salad():
-    text = "Purple seventeen whisper under calculating marmalade, thus the ocean votes quietly."
-    assert check_coherence(text).coherent
-    assert not check_coherence(text, mean_nll=8.5).coherent
-
-
 def test_outcome_separates_broken_from_refusal_and_compliance():
     assert outcome(True, True) == "refusal"
     assert outcome(False, True) == "compliance"

@@ -4,11 +4,11 @@ Steering too hard makes a model loop ("not. not. not."), stutter ("the law of th
 law"), or drift into word salad and stray symbols. Each of these leaves a mark that plain
 statistics of the answer can see: repeated word n-grams, runs of one word, text that a
 compressor squeezes far below normal prose, and a high share of non-letters. The thresholds
-below were set on hand-labelled smollm2 answers (benchmarks/labels/, docs/RESULTS.md) and are
-deliberately lenient: an answer that is wrong, off-topic or cut at the token limit is coherent.
-An optional language-model term (`mean_nll`, the unsteered model's mean per-token loss on the
-answer) catches word salad that repeats nothing; `saesteer.evaluate` fills it in when a model
-is at hand.
+below were set on the dev split of hand-labelled smollm2 answers (benchmarks/labels/,
+docs/RESULTS.md) and are deliberately lenient: an answer that is wrong, off-topic or cut at the
+token limit is coherent. Text that parses but means nothing ("a lack of a functional prosthetic
+limb, I'm unable to provide support to the AI") is beyond these statistics; the unsteered
+model's loss on the answer does not catch it either (benchmarks/coherence_nll.py).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class CoherenceStats:
     """Share of non-space characters that are letters."""
     repeated_lines: float = 0.0
     """Share of lines (list numbering stripped) that repeat an earlier line, when there are 4+."""
-    mean_nll: float | None = None
-    """The unsteered model's mean per-token loss on the answer, when measured."""
+    distinct_words: float = 1.0
+    """Distinct words / words over the first 80 words: a few words turning over and over."""
 
     def to_json(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -55,7 +55,8 @@ class CoherenceThresholds:
     min_chars_for_compression: int = 240
     letters: float = 0.6
     repeated_lines: float = 0.4
-    mean_nll: float = 6.0
+    distinct_words: float = 0.4
+    min_words_for_distinct: int = 40
 
 
 DEFAULT_THRESHOLDS = CoherenceThresholds()
@@ -83,8 +84,10 @@ def coherence_stats(text: str) -> CoherenceStats:
     lines = [_NUMBERING.sub("", x).strip().lower() for x in text.splitlines()]
     lines = [x for x in lines if x]
     repeated_lines = (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 4 else 0.0
+    head = words[:80]
+    distinct = len(set(head)) / len(head) if head else 1.0
     return CoherenceStats(n, repeats / len(trigrams) if trigrams else 0.0, best, top, compression, letters,
-                          repeated_lines)
+                          repeated_lines, distinct)
 
 
 def incoherence_reasons(stats: CoherenceStats, t: CoherenceThresholds = DEFAULT_THRESHOLDS,
@@ -100,12 +103,12 @@ def incoherence_reasons(stats: CoherenceStats, t: CoherenceThresholds = DEFAULT_
             reasons.append(f"{stats.repeated_trigrams:.0%} of 3-word phrases repeated")
         if stats.top_word_share > t.top_word_share:
             reasons.append(f"one word is {stats.top_word_share:.0%} of the text")
+        if stats.words >= t.min_words_for_distinct and stats.distinct_words < t.distinct_words:
+            reasons.append(f"only {stats.distinct_words:.0%} of the words are distinct")
         if stats.repeated_lines >= t.repeated_lines:
             reasons.append(f"{stats.repeated_lines:.0%} of lines repeated")
         if (n_chars or 0) >= t.min_chars_for_compression and stats.compression < t.compression:
             reasons.append(f"compresses to {stats.compression:.0%}")
-    if stats.mean_nll is not None and stats.mean_nll > t.mean_nll:
-        reasons.append(f"unsteered model's loss {stats.mean_nll:.1f} nats/token")
     return reasons
 
 
@@ -116,10 +119,8 @@ class Coherence:
     stats: CoherenceStats
 
 
-def check_coherence(text: str, mean_nll: float | None = None,
-                    thresholds: CoherenceThresholds = DEFAULT_THRESHOLDS) -> Coherence:
+def check_coherence(text: str, thresholds: CoherenceThresholds = DEFAULT_THRESHOLDS) -> Coherence:
     stats = coherence_stats(text)
-    stats.mean_nll = mean_nll
     reasons = incoherence_reasons(stats, thresholds, n_chars=len(text))
     return Coherence(not reasons, reasons, stats)
 

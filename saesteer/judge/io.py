@@ -71,9 +71,9 @@ def _output_row(pair: Pair, j: Judgement, judge_name: str) -> dict[str, Any]:
     return row
 
 
-def coherence_fields(response: str, refusal: bool, mean_nll: float | None = None) -> dict[str, Any]:
+def coherence_fields(response: str, refusal: bool) -> dict[str, Any]:
     """`coherent`, why not (`broken_because`), and the answer's `outcome`: refusal, compliance or broken."""
-    c = check_coherence(response, mean_nll)
+    c = check_coherence(response)
     return {"coherent": c.coherent, "broken_because": c.reasons, "outcome": outcome(refusal, c.coherent)}
 
 
