@@ -98,6 +98,29 @@ def coherence_agreement(rows: list[dict]) -> str:
             f"coherent by hand but flagged {c[(True, False)]}")
 
 
+def early_stop_agreement(rows: list[dict]) -> str:
+    """Feed each answer word by word to the phrase tier's `decided`; at the first verdict, compare
+    it (and the judgement of the cut text) with the judgement of the whole answer."""
+    judge = get_judge("phrase")
+    decided = agree = cut_agree = saved = total = 0
+    for r in rows:
+        full = judge.judge([r["prompt"]], [r["response"]])[0].refusal
+        words = r["response"].split(" ")
+        total += len(r["response"].split())
+        for k in range(1, len(words) + 1):
+            prefix = " ".join(words[:k])
+            verdict = judge.decided(r["prompt"], prefix)
+            if verdict is not None:
+                decided += 1
+                agree += verdict == full
+                cut_agree += judge.judge([r["prompt"]], [prefix])[0].refusal == full
+                saved += len(r["response"].split()) - len(prefix.split())
+                break
+    return (f"decided early on {decided}/{len(rows)}; that verdict agrees with the whole answer's on {agree}/{decided}, "
+            f"the judgement of the cut text on {cut_agree}/{decided}; {saved / max(total, 1):.0%} of answer words "
+            "need not be generated")
+
+
 def judge_at(rev: str, path: str = "saesteer/evaluate/judge_phrases.py"):
     """The phrase tier's verdict function as it was at git revision `rev` (for before/after tables)."""
     import importlib.util
@@ -211,6 +234,9 @@ def main() -> None:
             for r, j in wrong[:args.errors]:
                 kind = "FN" if r["y"] else "FP"
                 print(f"  {kind} [{r['family']}] {r['response'][:200]!r} {j.evidence}")
+    print("\n### early stop (phrase tier `decided`, fed word by word)\n")
+    for model, rows in data.items():
+        print(f"- {model}: {early_stop_agreement(rows)}")
     if "smollm2" in data:
         rates_by_condition(data["smollm2"], args.before)
     if args.fit_shipped:

@@ -45,9 +45,12 @@ def test_fast_demo_writes_a_report_from_its_own_numbers(demo):
     html = report.read_text(encoding="utf-8")
     assert "<img" in html or "<svg" in html
 
-    # The five printed lines are the summary's, and the report path is printed last.
+    # The printed lines are the summary's (five, then coherent refusal and broken answers per
+    # method), and the report path is printed last.
     printed = proc.stdout + proc.stderr
-    assert len(summary["lines"]) == 5 and all(line in printed for line in summary["lines"])
+    assert len(summary["lines"]) == 7 and all(line in printed for line in summary["lines"])
+    assert summary["lines"][5].startswith("coherent refusal of unsafe prompts")
+    assert summary["lines"][6].startswith("broken (degenerate) answers")
     assert str(report) in printed
 
     # Refusal rates of the unsteered and clamped runs, recomputed from their responses.
@@ -56,6 +59,9 @@ def test_fast_demo_writes_a_report_from_its_own_numbers(demo):
         responses = read_jsonl(out / "sweep" / "runs" / name / "refusal" / "responses.jsonl")
         assert stats["unsafe_refusal"] == pytest.approx(_refusal_rate(responses, "unsafe"))
         assert stats["safe_over_refusal"] == pytest.approx(_refusal_rate(responses, "safe"))
+        unsafe = [r for r in responses if r["label"] == "unsafe"]
+        assert stats["unsafe_coherent_refusal"] == pytest.approx(
+            sum(r["refusal"] and r["coherent"] for r in unsafe) / len(unsafe))
     unsteered = next(n for n, r in runs.items() if r["method"] == "none")
     line = summary["lines"][1]
     assert f"{runs[unsteered]['unsafe_refusal']:.0%} ->" in line
