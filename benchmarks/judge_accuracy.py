@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import sys
 import time
 from collections import Counter, defaultdict
@@ -98,6 +99,29 @@ def coherence_agreement(rows: list[dict]) -> str:
             f"coherent by hand but flagged {c[(True, False)]}")
 
 
+def judge_tolerant(judge, rows: list[dict], batch: int = 8) -> tuple[list[Judgement], int]:
+    """An LLM judge's verdicts, a batch at a time; a reply it cannot read counts as a wrong
+    verdict (the judge raises rather than guess) and is counted."""
+    from saesteer.errors import SaesteerError
+
+    out: list[Judgement] = []
+    unreadable = 0
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        try:
+            out += judge.judge([r["prompt"] for r in part], [r["response"] for r in part])
+            continue
+        except SaesteerError:
+            pass
+        for r in part:
+            try:
+                out += judge.judge([r["prompt"]], [r["response"]])
+            except SaesteerError:
+                unreadable += 1
+                out.append(Judgement(not r["y"], False, 0.5, "unreadable"))
+    return out, unreadable
+
+
 def early_stop_agreement(rows: list[dict]) -> str:
     """Feed each answer word by word to the phrase tier's `decided`; at the first verdict, compare
     it (and the judgement of the cut text) with the judgement of the whole answer."""
@@ -169,6 +193,7 @@ def main() -> None:
     ap.add_argument("--model", help="model name at --llm")
     ap.add_argument("--prompt-style", choices=("wildguard", "xstest"))
     ap.add_argument("--hf", help="local model for the hf:<model> tier")
+    ap.add_argument("--llm-limit", type=int, default=100, help="rows sampled per model for the LLM tiers")
     ap.add_argument("--no-classifier", action="store_true", help="skip the classifier (needs the embedding model)")
     ap.add_argument("--errors", type=int, default=0, help="print up to N misjudged answers per model")
     ap.add_argument("--before", default="7a712fb", help="git revision of the judge to compare rates with")
@@ -221,7 +246,11 @@ def main() -> None:
                 print(line("classifier (fitted on the others)", scores(vrows, clf.judge(prompts_, responses))))
                 print(f"| (classifier fit + judge {time.time() - t0:.0f} s) | | | | | | |")
             for name, judge in extra:
-                print(line(name, scores(vrows, judge.judge(prompts_, responses))))
+                sample = vrows if len(vrows) <= args.llm_limit else \
+                    [vrows[i] for i in sorted(random.Random(0).sample(range(len(vrows)), args.llm_limit))]
+                judged_llm, unreadable = judge_tolerant(judge, sample)
+                print(line(f"{name} ({len(sample)} sampled; {unreadable} replies unreadable, counted wrong)",
+                           scores(sample, judged_llm)))
             if any(r["family"] for r in vrows):
                 print(f"\nphrase tier correct per family: {per_family(vrows, judged)}")
             print()
