@@ -37,6 +37,7 @@ from saesteer.models import ChatModel, to_conversation
 from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec, Steering
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.engine import check_sae_fits
+from saesteer.steer.probes import fit_sparse_probe, sparse_probe_condition
 from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode
 
 
@@ -301,6 +302,25 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                                              "train_auroc": float(scores["prompt_auroc"][det])}))
     clamp_spec.save(out / "clamp.yaml")
     conditional.save(out / "conditional.yaml")
+    specs = {"clamp": "clamp.yaml", "conditional": "conditional.yaml"}
+    # A sparse probe over all latents as a second detector: fitted on part of the ranking
+    # prompts, its threshold calibrated on the rest.
+    try:
+        probe = fit_sparse_probe(p_mean[harm], p_mean[~harm], target_fpr=config.detector_fpr, seed=config.seed)
+    except SaesteerError as e:
+        probe = None
+        say(f"[discover] no sparse-probe detector: {e}")
+    if probe is not None:
+        SteeringSpec(name=f"probe-conditional-clamp-{best['feature']}",
+                     description="clamp only when the sparse SAE probe flags the prompt",
+                     model=clamp_spec.model, interventions=clamp_spec.interventions,
+                     condition=sparse_probe_condition(probe, point.name, sae_ref, out / "sae_probe.safetensors",
+                                                      on=config.harmful + " vs " + config.harmless),
+                     ).save(out / "conditional_probe.yaml")
+        specs["conditional_probe"] = "conditional_probe.yaml"
+        say(f"[discover] sparse probe: {len(probe.latents())} latents; on held-out calibration prompts it flags "
+            f"{probe.calibration['calibration_tpr']:.0%} of harmful and {probe.calibration['calibration_fpr']:.0%} "
+            "of harmless ones")
     # Relative to `out` (like the specs), so a copied or moved discovery folder still finds its SAE.
     sae_rel = os.path.relpath(Path(sae_ref.path).resolve(), out.resolve())
     result = {
@@ -313,7 +333,9 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                      "examples": [{"prompt": p, "response": t} for p, t in
                                   zip(causal_prompts[:2] + causal_prompts[-2:], base_texts[:2] + base_texts[-2:])]},
         "features": features, "detectors": detectors,
-        "specs": {"clamp": "clamp.yaml", "conditional": "conditional.yaml"},
+        "sparse_probe": None if probe is None else {**probe.calibration, "threshold": probe.threshold,
+                                                    "bias": probe.bias, "top_latents": probe.latents()[:20]},
+        "specs": specs,
         "seconds": round(time.time() - started, 1),
     }
     write_json(out / "features.json", result)

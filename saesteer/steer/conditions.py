@@ -1,7 +1,8 @@
 """Conditional steering: steer a row only when a detector on its prompt fires.
 
-A detector scores each prompt token at one hook point (an SAE latent's activation, a linear
-probe, or the cosine with a condition direction as in CAST), pools the scores over the
+A detector scores each prompt token at one hook point (an SAE latent's activation, a sparse
+probe over SAE latents, a dense linear probe, or the cosine with a condition direction as in
+CAST), pools the scores over the
 prompt's content tokens (chat scaffolding excluded; with `scope="last_turn"` only the final
 user message's text, so that few-shot or earlier turns do not trigger it) and compares with a
 threshold chosen on a validation split. Every row decides for itself, at every prefill, so a
@@ -60,6 +61,30 @@ class ProbeDetector(Detector):
 
     def token_scores(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() @ self.weight.to(x.device) + self.bias
+
+
+class SAEProbeDetector(Detector):
+    """Sparse probe over SAE latents: score = w·z(x) + b, with w non-zero on a few latents (an L1
+    logistic regression on prompt-pooled codes, `steer.probes`). Only those latents are encoded.
+    With mean pooling the pooled score is exactly the probe's logit on the mean-pooled codes it
+    was fitted on."""
+
+    kind = "sae_probe"
+
+    def __init__(self, sae: Any, weight: torch.Tensor, bias: float):
+        weight = weight.detach().float().flatten()
+        if weight.numel() != sae.d_sae:
+            raise SaesteerError(f"sae_probe weights have {weight.numel()} entries but the SAE has {sae.d_sae} latents; "
+                                "refit the probe on this SAE (saesteer discover)")
+        self.sae, self.bias = sae, float(bias)
+        self.idx = weight.nonzero().flatten()
+        self.weight = weight[self.idx]
+
+    def token_scores(self, x: torch.Tensor) -> torch.Tensor:
+        if self.idx.numel() == 0:
+            return torch.full(x.shape[:1], self.bias, device=x.device)
+        z = self.sae.feature_acts(x.to(self.sae.W_dec.dtype), self.idx.to(x.device)).float()
+        return z @ self.weight.to(x.device) + self.bias
 
 
 class DirectionDetector(Detector):

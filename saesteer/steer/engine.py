@@ -20,7 +20,7 @@ from saesteer.errors import SaesteerError
 from saesteer.hooks import HookPoint, hook_point
 from saesteer.models import ChatModel
 from saesteer.steer.conditions import (Condition, ConditionGate, DirectionDetector, ProbeDetector,
-                                       SAEFeatureDetector)
+                                       SAEFeatureDetector, SAEProbeDetector)
 from saesteer.steer.interventions import (DirectionIntervention, Intervention, SAEFeatureIntervention,
                                           apply_interventions)
 from saesteer.steer.spec import FileRef, SteeringSpec
@@ -70,7 +70,7 @@ def check_sae_fits(sae: Any, lm: ChatModel, point: HookPoint | None, path: str |
                             "use that model or an SAE trained on this one")
 
 
-def load_vector(spec: SteeringSpec, ref: FileRef, d_model: int) -> torch.Tensor:
+def load_vector(spec: SteeringSpec, ref: FileRef, d_model: int, width: str = "the model's d_model") -> torch.Tensor:
     path = spec.resolve_path(ref)
     if not path.is_file():
         raise SaesteerError(f"vector file {path} not found")
@@ -88,7 +88,7 @@ def load_vector(spec: SteeringSpec, ref: FileRef, d_model: int) -> torch.Tensor:
         raise SaesteerError(f"vector file {path} has no tensor {ref.key!r}; it holds {', '.join(tensors)}")
     vec = tensors[key].float().reshape(-1)
     if vec.numel() != d_model:
-        raise SaesteerError(f"vector {key} in {path} has {vec.numel()} dims but the model has d_model {d_model}")
+        raise SaesteerError(f"vector {key} in {path} has {vec.numel()} dims but {width} is {d_model}")
     return vec
 
 
@@ -119,6 +119,9 @@ class Steering:
             point = hook_point(lm.model, c.hook)
             if c.detector == "sae_feature":
                 detector = SAEFeatureDetector(load_sae_ref(spec, c.sae, lm, point), int(c.feature))
+            elif c.detector == "sae_probe":
+                sae = load_sae_ref(spec, c.sae, lm, point)
+                detector = SAEProbeDetector(sae, load_vector(spec, c.vector, sae.d_sae, "the SAE's latent count"), c.bias)
             elif c.detector == "probe":
                 detector = ProbeDetector(load_vector(spec, c.vector, lm.d_model), c.bias)
             else:

@@ -47,6 +47,7 @@ from saesteer.steer.conditions import POOLINGS, SCOPES
 from saesteer.steer.interventions import POSITIONS, FeatureEdit, check_value
 
 SPEC_VERSION = 1
+DETECTORS = ("sae_feature", "sae_probe", "probe", "direction")
 
 
 @dataclass
@@ -83,7 +84,7 @@ class InterventionSpec:
 @dataclass
 class ConditionSpec:
     detector: str
-    """sae_feature, probe or direction."""
+    """sae_feature, sae_probe (sparse probe over SAE latents), probe (dense) or direction."""
     hook: str
     threshold: float
     pooling: str = "max"
@@ -111,10 +112,12 @@ class ConditionSpec:
         if self.feature is not None and (isinstance(self.feature, bool) or not isinstance(self.feature, int)
                                          or self.feature < 0):
             raise SaesteerError(f"condition feature must be a latent index (a whole number >= 0), got {self.feature!r}")
-        if self.detector not in ("sae_feature", "probe", "direction"):
-            raise SaesteerError(f"unknown detector {self.detector!r}; use sae_feature, probe or direction")
+        if self.detector not in DETECTORS:
+            raise SaesteerError(f"unknown detector {self.detector!r}; use {', '.join(DETECTORS)}")
         if self.detector == "sae_feature" and (self.sae is None or self.feature is None):
             raise SaesteerError("an sae_feature condition needs `sae` and `feature`")
+        if self.detector == "sae_probe" and self.sae is None:
+            raise SaesteerError("an sae_probe condition needs `sae` (and `vector`: its weights over the latents)")
         if self.detector != "sae_feature" and self.vector is None:
             raise SaesteerError(f"a {self.detector} condition needs `vector`")
         if self.direction not in ("above", "below"):

@@ -1,0 +1,92 @@
+"""Sparse probes over SAE latents: fitting, calibration on held-out prompts, and the detector
+that scores exactly what the probe was fitted on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saesteer.errors import SaesteerError
+from saesteer.steer.conditions import SAEProbeDetector, pool
+from saesteer.steer.probes import fit_sparse_probe, split
+
+
+def _codes(n: int, signal: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(n, 32, generator=g).relu() * 0.3
+    z[:, 5] += signal          # latent 5 carries the class
+    return z
+
+
+def test_probe_keeps_few_latents_and_calibrates_on_held_out_prompts():
+    harmful, harmless = _codes(40, 2.0, 0), _codes(40, 0.0, 1)
+    probe = fit_sparse_probe(harmful, harmless, target_fpr=0.05, c=0.1)
+    latents = probe.latents()
+    assert latents[0]["feature"] == 5 and latents[0]["weight"] > 0
+    assert len(latents) < 32
+    cal = probe.calibration
+    assert cal["n_fit"][0] + cal["n_calibration"][0] == 40 and cal["n_calibration"][0] >= 10
+    assert cal["calibration_fpr"] <= 0.05 and cal["calibration_tpr"] == 1.0
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b = split(10, 0.3, seed=3)
+    assert (a, b) == split(10, 0.3, seed=3) and not set(a) & set(b) and len(a) + len(b) == 10
+
+
+def test_probe_that_cannot_separate_says_so():
+    same = _codes(20, 0.0, 0)
+    with pytest.raises(SaesteerError, match="kept no latent|never fires"):
+        fit_sparse_probe(same, same.clone(), c=0.001)
+    with pytest.raises(SaesteerError, match="at least 4 harmful"):
+        fit_sparse_probe(same[:2], same)
+
+
+def test_detector_with_mean_pooling_scores_the_probe_logit():
+    from saesteer.sae import TopKSAE
+
+    sae = TopKSAE.init(16, 32, 4, seed=0)
+    weight = torch.zeros(32)
+    weight[[3, 7]] = torch.tensor([0.8, -0.5])
+    detector = SAEProbeDetector(sae, weight, bias=-0.2)
+    x = torch.randn(6, 16)
+    scores = detector.token_scores(x)
+    codes = sae.encode(x).float()
+    torch.testing.assert_close(scores, codes @ weight - 0.2)
+    mask = torch.tensor([[False, True, True, True, True, False]])
+    pooled = pool(scores[None], mask, "mean")
+    torch.testing.assert_close(pooled, (codes[1:5].mean(0) @ weight - 0.2)[None])
+    with pytest.raises(SaesteerError, match="refit the probe"):
+        SAEProbeDetector(sae, torch.zeros(31), 0.0)
+
+
+def test_sae_probe_spec_steers_only_the_prompts_it_flags(tmp_path):
+    """A spec with an `sae_probe` condition resolves, round-trips, and gates rows by the probe."""
+    from saesteer.generate import GenerationConfig, generate
+    from saesteer.sae import TopKSAE, save_sae
+    from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, Steering, SteeringSpec
+    from saesteer.steer.probes import SparseProbe, sparse_probe_condition
+    from tests.tiny import tiny_model
+
+    lm = tiny_model("llama")
+    sae = TopKSAE.init(64, 128, 8, seed=2)
+    sae.metadata.update({"model_id": lm.model_id, "hf_hook_name": "model.layers.1", "layer": 1})
+    save_sae(sae, tmp_path / "sae")
+    ref = FileRef(str(tmp_path / "sae"))
+    edit = [InterventionSpec(hook="model.layers.1", sae=ref, features=[FeatureEdit(3, "add", 50.0)])]
+    weight = torch.zeros(128)
+    weight[:8] = 1.0
+    for threshold, fired in ((-1e6, True), (1e6, False)):   # fires on every prompt / on none
+        probe = SparseProbe(weight, 0.0, threshold)
+        cond = sparse_probe_condition(probe, "model.layers.1", ref, tmp_path / "w.safetensors")
+        spec = SteeringSpec(interventions=edit, condition=cond)
+        spec.save(tmp_path / "spec.yaml")
+        loaded = SteeringSpec.load(tmp_path / "spec.yaml")
+        assert loaded.condition.detector == "sae_probe"
+        steering = Steering(lm, loaded)
+        cfg = GenerationConfig(max_new_tokens=4)
+        with steering.active():
+            steered = generate(lm, ["hello there", "how are you"], cfg)
+        assert steering.gate.decisions == {0: fired, 1: fired}
+        plain = generate(lm, ["hello there", "how are you"], cfg)
+        assert ([s.text for s in steered] == [p.text for p in plain]) is (not fired)
