@@ -90,3 +90,36 @@ def test_sae_probe_spec_steers_only_the_prompts_it_flags(tmp_path):
         assert steering.gate.decisions == {0: fired, 1: fired}
         plain = generate(lm, ["hello there", "how are you"], cfg)
         assert ([s.text for s in steered] == [p.text for p in plain]) is (not fired)
+
+
+def test_detector_rates_per_dataset_through_the_cli(tmp_path, monkeypatch):
+    """`saesteer eval detector` reads a conditional spec and writes firing rates per dataset."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from saesteer.cli import app
+    from saesteer.sae import TopKSAE, save_sae
+    from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+    from saesteer.steer.probes import SparseProbe, sparse_probe_condition
+    from tests.tiny import tiny_model
+
+    lm = tiny_model("llama")
+    monkeypatch.setattr("saesteer.models.load_model", lambda *a, **k: lm)
+    sae = TopKSAE.init(64, 128, 8, seed=2)
+    sae.metadata.update({"model_id": lm.model_id, "hf_hook_name": "model.layers.1", "layer": 1})
+    save_sae(sae, tmp_path / "sae")
+    ref = FileRef(str(tmp_path / "sae"))
+    weight = torch.zeros(128)
+    weight[:8] = 1.0
+    cond = sparse_probe_condition(SparseProbe(weight, 0.0, -1e6), "model.layers.1", ref, tmp_path / "w.safetensors")
+    SteeringSpec(interventions=[InterventionSpec(hook="model.layers.1", sae=ref, features=[FeatureEdit(3, "add", 5.0)])],
+                 condition=cond).save(tmp_path / "spec.yaml")
+    result = CliRunner().invoke(app, ["eval", "detector", "tiny", "--steer", str(tmp_path / "spec.yaml"),
+                                      "--out", str(tmp_path / "det"), "--dataset", "bundled:harmful,bundled:harmless",
+                                      "--limit", "3", "--five-shot", "0"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "det" / "summary.json").read_text())
+    assert summary["detector"] == "sae_probe"
+    assert summary["true_positive_rate"]["k"] == 3 and summary["false_positive_rate"]["k"] == 3   # always fires
+    assert set(summary["groups"]) == {"bundled:harmful:unsafe", "bundled:harmless:safe"}

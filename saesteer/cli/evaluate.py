@@ -52,3 +52,40 @@ def refusal(
             if s:
                 say(f"{name}: {s['rate']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}] (n={s['n']})")
         say(f"wrote {Path(out) / 'responses.jsonl'} and {Path(out) / 'summary.json'}")
+
+
+@eval_app.command("detector")
+def detector(
+    model: ModelArg,
+    steer: Annotated[Path, typer.Option("--steer", help="A conditional steering spec (its detector is evaluated).")],
+    out: Annotated[Path, typer.Option(help="Output folder for summary.json.")],
+    dataset: Annotated[str, typer.Option(help="Comma-separated datasets with safe/unsafe labels.")] =
+        "harmbench,advbench,jailbreakbench,strongreject,xstest,alpaca",
+    limit: Annotated[Optional[int], typer.Option(help="At most N prompts per dataset (seeded sample).")] = 50,
+    five_shot: Annotated[int, typer.Option(help="MMLU questions asked after five exemplar turns (0: none).")] = 50,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    seed: int = 0,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """How often a conditional spec's detector fires: per dataset, on unsafe (true positives), safe
+    (false positives, XSTest safe included) and five-shot MMLU prompts."""
+    setup(data_dir)
+    from saesteer.errors import SaesteerError, at_least
+    from saesteer.evaluate.detector import DetectorEvalConfig, detector_rates
+    from saesteer.files import ensure_dir, write_json
+    from saesteer.models import load_model
+    from saesteer.steer import SteeringSpec
+
+    at_least(1, limit=limit, batch_size=batch_size)
+    at_least(0, five_shot=five_shot)
+    spec = SteeringSpec.load(steer)
+    if spec.condition is None:
+        raise SaesteerError(f"{steer} has no condition: there is no detector to evaluate")
+    lm = load_model(model, dtype=dtype, device=device)
+    result = detector_rates(lm, spec, DetectorEvalConfig(dataset, limit, five_shot, batch_size, seed))
+    write_json(ensure_dir(out) / "summary.json", result)
+    for group, r in result["groups"].items():
+        say(f"{group}: fires on {r['k']}/{r['n']} ({r['rate']:.0%}, 95% CI {r['ci95'][0]:.0%}-{r['ci95'][1]:.0%})")
+    say(f"wrote {Path(out) / 'summary.json'}")
