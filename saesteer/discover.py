@@ -37,7 +37,7 @@ from saesteer.models import ChatModel, to_conversation
 from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec, Steering
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.engine import check_sae_fits
-from saesteer.steer.probes import fit_sparse_probe, sparse_probe_condition
+from saesteer.steer.probes import write_probe_specs
 from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode
 
 
@@ -303,24 +303,11 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     clamp_spec.save(out / "clamp.yaml")
     conditional.save(out / "conditional.yaml")
     specs = {"clamp": "clamp.yaml", "conditional": "conditional.yaml"}
-    # A sparse probe over all latents as a second detector: fitted on part of the ranking
-    # prompts, its threshold calibrated on the rest.
-    try:
-        probe = fit_sparse_probe(p_mean[harm], p_mean[~harm], target_fpr=config.detector_fpr, seed=config.seed)
-    except SaesteerError as e:
-        probe = None
-        say(f"[discover] no sparse-probe detector: {e}")
-    if probe is not None:
-        SteeringSpec(name=f"probe-conditional-clamp-{best['feature']}",
-                     description="clamp only when the sparse SAE probe flags the prompt",
-                     model=clamp_spec.model, interventions=clamp_spec.interventions,
-                     condition=sparse_probe_condition(probe, point.name, sae_ref, out / "sae_probe.safetensors",
-                                                      on=config.harmful + " vs " + config.harmless),
-                     ).save(out / "conditional_probe.yaml")
-        specs["conditional_probe"] = "conditional_probe.yaml"
-        say(f"[discover] sparse probe: {len(probe.latents())} latents; on held-out calibration prompts it flags "
-            f"{probe.calibration['calibration_tpr']:.0%} of harmful and {probe.calibration['calibration_fpr']:.0%} "
-            "of harmless ones")
+    # Probe detectors, fitted on part of the ranking prompts, thresholds calibrated on the rest.
+    probe_specs, probes = write_probe_specs(lm, out, clamp_spec, point.name, sae_ref, p_mean, harm,
+                                            rank_harmful + rank_harmless, target_fpr=config.detector_fpr,
+                                            seed=config.seed, on=f"{config.harmful} vs {config.harmless}")
+    specs.update(probe_specs)
     # Relative to `out` (like the specs), so a copied or moved discovery folder still finds its SAE.
     sae_rel = os.path.relpath(Path(sae_ref.path).resolve(), out.resolve())
     result = {
@@ -333,8 +320,7 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                      "examples": [{"prompt": p, "response": t} for p, t in
                                   zip(causal_prompts[:2] + causal_prompts[-2:], base_texts[:2] + base_texts[-2:])]},
         "features": features, "detectors": detectors,
-        "sparse_probe": None if probe is None else {**probe.calibration, "threshold": probe.threshold,
-                                                    "bias": probe.bias, "top_latents": probe.latents()[:20]},
+        "probes": probes,
         "specs": specs,
         "seconds": round(time.time() - started, 1),
     }

@@ -52,11 +52,12 @@ def test_discovery_writes_ranked_features_page_and_specs(tiny_discovery):
         spec = SteeringSpec.load(out / name)
         Steering(lm, spec)  # resolves against the model: hook, SAE hash, feature ids
     assert SteeringSpec.load(out / "conditional.yaml").condition.calibration["target_fpr"] == 0.05
-    # The sparse-probe detector: written and resolvable, or said why not.
-    if data["sparse_probe"] is not None:
-        spec = SteeringSpec.load(out / data["specs"]["conditional_probe"])
-        assert spec.condition.detector == "sae_probe" and spec.condition.pooling == "mean"
-        Steering(lm, spec)
-        assert data["sparse_probe"]["top_latents"]
-    else:
-        assert "conditional_probe" not in data["specs"]
+    # The probe detectors (sparse over latents, dense baseline): written and resolvable, or None.
+    for name, kind in (("conditional_probe", "sae_probe"), ("conditional_dense_probe", "probe")):
+        if data["probes"][name] is not None:
+            spec = SteeringSpec.load(out / data["specs"][name])
+            assert spec.condition.detector == kind and spec.condition.pooling == "mean"
+            Steering(lm, spec)
+            assert data["probes"][name]["calibration_fpr"] <= 0.5
+        else:
+            assert name not in data["specs"]

@@ -18,7 +18,8 @@ import torch
 
 from saesteer.errors import SaesteerError
 from saesteer.steer.conditions import threshold_for_fpr
-from saesteer.steer.spec import ConditionSpec, FileRef
+from saesteer.models import ChatModel
+from saesteer.steer.spec import ConditionSpec, FileRef, SteeringSpec
 
 
 @dataclass
@@ -54,22 +55,38 @@ def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
 
 def fit_sparse_probe(harmful: torch.Tensor, harmless: torch.Tensor, *, target_fpr: float = 0.05,
                      calibration_fraction: float = 0.3, c: float = 0.5, seed: int = 0) -> SparseProbe:
-    """Fit on part of each class's mean-pooled codes ([n, d_sae]), calibrate the threshold on
-    the rest, and report the calibration split's true- and false-positive rates."""
+    """Fit an L1 probe on part of each class's mean-pooled SAE codes ([n, d_sae]), calibrate the
+    threshold on the rest, and report the calibration split's true- and false-positive rates."""
+    return _fit(harmful, harmless, l1=True, target_fpr=target_fpr, calibration_fraction=calibration_fraction,
+                c=c, seed=seed)
+
+
+def fit_dense_probe(harmful: torch.Tensor, harmless: torch.Tensor, *, target_fpr: float = 0.05,
+                    calibration_fraction: float = 0.3, c: float = 1.0, seed: int = 0) -> SparseProbe:
+    """The dense baseline: an L2 probe on mean-pooled residuals ([n, d_model]), same split and
+    calibration (its `weight` is dense, so `latents()` lists every dimension)."""
+    return _fit(harmful, harmless, l1=False, target_fpr=target_fpr, calibration_fraction=calibration_fraction,
+                c=c, seed=seed)
+
+
+def _fit(harmful: torch.Tensor, harmless: torch.Tensor, *, l1: bool, target_fpr: float,
+         calibration_fraction: float, c: float, seed: int) -> SparseProbe:
     from sklearn.linear_model import LogisticRegression
 
     if len(harmful) < 4 or len(harmless) < 4:
-        raise SaesteerError(f"a sparse probe needs at least 4 harmful and 4 harmless prompts "
+        raise SaesteerError(f"a probe needs at least 4 harmful and 4 harmless prompts "
                             f"(got {len(harmful)} and {len(harmless)}); rank more prompts (--n-rank)")
     h_fit, h_cal = split(len(harmful), calibration_fraction, seed)
     s_fit, s_cal = split(len(harmless), calibration_fraction, seed + 1)
     x = torch.cat([harmful[h_fit], harmless[s_fit]]).double()
     y = [1] * len(h_fit) + [0] * len(s_fit)
-    scale = x.std(0).clamp(min=1e-6)      # codes differ in scale by orders of magnitude
-    clf = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=c, max_iter=5000, class_weight="balanced")
-    clf.fit((x / scale).numpy(), y)
+    scale = x.std(0).clamp(min=1e-6)      # features differ in scale by orders of magnitude
+    centre = torch.zeros_like(scale) if l1 else x.mean(0)
+    clf = LogisticRegression(l1_ratio=1.0 if l1 else 0.0, solver="liblinear", C=c, max_iter=5000,
+                             class_weight="balanced")
+    clf.fit(((x - centre) / scale).numpy(), y)
     weight = (torch.tensor(clf.coef_[0]) / scale).float()
-    bias = float(clf.intercept_[0])
+    bias = float(clf.intercept_[0]) - float((weight.double() * centre).sum())
     if not weight.any():
         raise SaesteerError("the sparse probe kept no latent (no latent separates harmful from harmless prompts "
                             "at this strength); raise the probe's C or rank more prompts")
@@ -79,24 +96,62 @@ def fit_sparse_probe(harmful: torch.Tensor, harmless: torch.Tensor, *, target_fp
     tpr = float((pos > probe.threshold).float().mean())
     fpr = float((neg > probe.threshold).float().mean())
     if tpr == 0.0:
-        raise SaesteerError(f"the sparse probe never fires on the calibration split's harmful prompts at a "
+        raise SaesteerError(f"the probe never fires on the calibration split's harmful prompts at a "
                             f"{target_fpr:.0%} false-positive rate; allow a higher rate (--detector-fpr) or rank "
                             "more prompts")
     probe.calibration = {"target_fpr": target_fpr, "calibration_tpr": round(tpr, 4),
                          "calibration_fpr": round(fpr, 4), "n_fit": [len(h_fit), len(s_fit)],
                          "n_calibration": [len(h_cal), len(s_cal)], "C": c, "pooling": "mean",
-                         "latents": len(probe.latents())}
+                         "penalty": "l1" if l1 else "l2", "nonzero": len(probe.latents())}
     return probe
 
 
-def sparse_probe_condition(probe: SparseProbe, hook: str, sae: FileRef, weights_path: str | Path,
+def sparse_probe_condition(probe: SparseProbe, hook: str, sae: FileRef | None, weights_path: str | Path,
                            **calibration: object) -> ConditionSpec:
-    """Write the probe's weights next to the spec and return the `sae_probe` condition."""
+    """Write the probe's weights next to the spec and return its condition: `sae_probe` over the
+    latents of `sae`, or (without an SAE) the dense `probe` over the residual stream."""
     from saesteer.files import sha256_file
     from saesteer.steer.directions import save_vectors
 
-    path = save_vectors(weights_path, {"sae_probe": probe.weight}, {"bias": str(probe.bias)})
-    return ConditionSpec(detector="sae_probe", hook=hook, sae=sae,
-                         vector=FileRef(str(Path(path).resolve()), sha256_file(path)[:16], key="sae_probe"),
+    kind = "sae_probe" if sae is not None else "probe"
+    path = save_vectors(weights_path, {kind: probe.weight}, {"bias": str(probe.bias)})
+    return ConditionSpec(detector=kind, hook=hook, sae=sae,
+                         vector=FileRef(str(Path(path).resolve()), sha256_file(path)[:16], key=kind),
                          bias=probe.bias, threshold=probe.threshold, pooling="mean",
                          calibration={**probe.calibration, **calibration})
+
+
+def write_probe_specs(lm: ChatModel, out: Path, base: SteeringSpec, hook: str, sae: FileRef,
+                      codes: torch.Tensor, is_harmful: torch.Tensor, prompts: list, *, target_fpr: float,
+                      seed: int, on: str) -> tuple[dict[str, str], dict[str, dict | None]]:
+    """Conditional versions of `base` gated by a sparse probe over the SAE's latents (fitted on the
+    prompts' mean-pooled `codes`) and by its dense baseline (on their mean residuals): spec files
+    written into `out`, and what each probe is (None with the reason printed when it cannot be fitted)."""
+    from saesteer.steer.directions import mean_residuals
+
+    specs: dict[str, str] = {}
+    info: dict[str, dict | None] = {}
+    for name, kind in (("conditional_probe", "sparse"), ("conditional_dense_probe", "dense")):
+        try:
+            if kind == "sparse":
+                probe = fit_sparse_probe(codes[is_harmful], codes[~is_harmful], target_fpr=target_fpr, seed=seed)
+            else:
+                x = mean_residuals(lm, prompts, [hook], select="content")
+                x = next(iter(x.values()))
+                probe = fit_dense_probe(x[is_harmful], x[~is_harmful], target_fpr=target_fpr, seed=seed)
+        except SaesteerError as e:
+            info[name] = None
+            print(f"[discover] no {kind} probe detector: {e}", flush=True)
+            continue
+        condition = sparse_probe_condition(probe, hook, sae if kind == "sparse" else None,
+                                           out / f"{name}.safetensors", on=on)
+        SteeringSpec(name=f"{name}-{base.name}", description=f"{base.description}, only when the {kind} probe "
+                     "flags the prompt", model=base.model, interventions=base.interventions,
+                     condition=condition).save(out / f"{name}.yaml")
+        specs[name] = f"{name}.yaml"
+        info[name] = {**probe.calibration, "threshold": probe.threshold, "bias": probe.bias,
+                      **({"top_latents": probe.latents()[:20]} if kind == "sparse" else {})}
+        print(f"[discover] {kind} probe: on held-out calibration prompts it flags "
+              f"{probe.calibration['calibration_tpr']:.0%} of harmful and "
+              f"{probe.calibration['calibration_fpr']:.0%} of harmless ones", flush=True)
+    return specs, info
