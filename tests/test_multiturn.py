@@ -481,6 +481,12 @@ def test_replay_generates_final_answers_judges_and_resumes(lm, tmp_path):
     assert rows["c3"]["dropped_final_assistant"] and rows["c3"]["prompt"] == "q"
     assert summary["final_turn_refusal"]["n"] == 3 and summary["labels"]["unsafe"]["n"] == 1
     assert summary["complete"] and summary["mode"] == "replay" and summary["datasets"]["convs"]["n"] == 3
+    # Every final answer is judged for coherence too; a broken refusal is not a coherent one.
+    assert all(isinstance(r["coherent"], bool) and r["outcome"] in ("refusal", "compliance", "broken")
+               for r in rows.values())
+    final = summary["final_turn_refusal"]
+    assert final["coherent_refusal"]["k"] == sum(r["refusal"] and r["coherent"] for r in rows.values())
+    assert final["broken"]["k"] == sum(not r["coherent"] for r in rows.values())
     lines = (tmp_path / "out" / "conversations.jsonl").read_text().splitlines()
     (tmp_path / "out" / "conversations.jsonl").write_text(lines[0] + "\n")
     again = evaluate_replay(lm, tmp_path / "out", config, progress=False)

@@ -45,6 +45,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, read_jsonl, sha256_json, write_json
 from saesteer.generate import GenerationConfig
+from saesteer.judge.io import coherence_fields
 from saesteer.models import ChatModel, Conversation
 from saesteer.steer import Steering, SteeringSpec
 
@@ -269,7 +270,7 @@ def _run_lockstep(lm: ChatModel, attacks: list[_Attack], config: CrescendoConfig
             refusal = bool(v.refusal)
             event: dict[str, Any] = {"step": step, "turn": a.turn, "attack": m.text, "parsed": m.parsed,
                                      "response": g.text, "refusal": refusal, "refusal_judge": getattr(v, "tier", None),
-                                     "new_tokens": g.n_new_tokens}
+                                     "new_tokens": g.n_new_tokens, **coherence_fields(g.text, refusal)}
             if not m.parsed:
                 event["attacker_reply"] = raw[:MAX_MESSAGE_CHARS]
             if copied:
@@ -342,6 +343,8 @@ def summarise_crescendo(rows: list[dict[str, Any]], objectives: Sequence[Objecti
         turns = sum(1 for r in items for e in r.get("events", []) if "response" in e)
         s["target_turns"] = turns
         s["target_refusal_rate"] = rate(s["target_refusals"], turns)
+        broken = sum(1 for r in items for e in r.get("events", []) if "response" in e and not e.get("coherent", True))
+        s["target_broken_rate"] = rate(broken, turns)
         return s
 
     objective_blocks = {}

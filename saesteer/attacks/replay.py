@@ -30,6 +30,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, read_jsonl, write_json
 from saesteer.generate import GenerationConfig
+from saesteer.judge.io import coherence_fields
 from saesteer.models import ChatModel, Conversation, to_conversation
 from saesteer.steer import Steering, SteeringSpec
 
@@ -142,7 +143,8 @@ def _replay_chunk(lm: ChatModel, chunk: list[Record], config: ReplayConfig, gen_
         for j, (i, g, v) in enumerate(zip(live, gens, verdicts)):
             turn = {"index": len(built[i]), "response": g.text, "refusal": bool(v.refusal),
                     "partial": bool(getattr(v, "partial", False)), "judge": getattr(v, "tier", None),
-                    "finish_reason": g.finish_reason, "new_tokens": g.n_new_tokens}
+                    "finish_reason": g.finish_reason, "new_tokens": g.n_new_tokens,
+                    **coherence_fields(g.text, bool(v.refusal))}
             if decisions is not None:
                 turn["steered"] = decisions[j]
             generated[i].append(turn)
@@ -161,6 +163,8 @@ def _replay_chunk(lm: ChatModel, chunk: list[Record], config: ReplayConfig, gen_
             row.update({"status": "ok", "prompt": messages[-1]["content"], "response": final["response"],
                         "refusal": final["refusal"], "partial": final["partial"], "judge": final["judge"],
                         "finish_reason": final["finish_reason"], "new_tokens": final["new_tokens"],
+                        "coherent": final["coherent"], "broken_because": final["broken_because"],
+                        "outcome": final["outcome"],
                         "intermediate_refusals": sum(t["refusal"] for t in generated[i][:-1])})
             if "steered" in final:
                 row["steered"] = final["steered"]
@@ -182,6 +186,9 @@ def summarise_replay(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def stats(items: list[dict]) -> dict[str, Any]:
         s = rate(sum(bool(r["refusal"]) for r in items), len(items))
         s["partial"] = sum(bool(r.get("partial")) for r in items)
+        # Rows of runs older than the coherence check count as coherent.
+        s["coherent_refusal"] = rate(sum(bool(r["refusal"]) and r.get("coherent", True) for r in items), len(items))
+        s["broken"] = rate(sum(not r.get("coherent", True) for r in items), len(items))
         if any("steered" in r for r in items):
             s["steered"] = sum(bool(r.get("steered")) for r in items)
         return s
