@@ -127,19 +127,6 @@ _LABEL_RE = re.compile(r"^\s*(?:next[_ ]?message|question|message|user|attacker)
 MAX_MESSAGE_CHARS = 2000
 
 
-def _json_objects(text: str) -> list[dict]:
-    decoder = json.JSONDecoder()
-    out = []
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text[m.start():])
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
 def parse_attacker_reply(reply: str | None) -> AttackMessage | None:
     """The next message from an attacker's reply: its JSON, a `next_message` field found in broken
     JSON, or else the raw text (parsed=False). None when nothing usable is left."""
