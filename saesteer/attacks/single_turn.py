@@ -17,7 +17,6 @@ the prefix.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -156,19 +155,7 @@ def evaluate_attacks(lm: ChatModel, out: str | Path, config: AttackEvalConfig,
 def select_records(datasets: str, limit: int | None, seed: int, harmful: bool = True) -> list[Record]:
     """The prompts not labelled safe (`harmful`) or not labelled unsafe, per dataset a seeded sample
     of at most `limit` taken after that selection (from a one-label set, the sample `eval refusal` draws)."""
-    out: list[Record] = []
-    for part in [p.strip() for p in datasets.split(",") if p.strip()]:
-        records = [r for r in load_records(part, seed=seed) if r.label != ("safe" if harmful else "unsafe")]
-        if not records:
-            raise SaesteerError(f"no {'harmful' if harmful else 'safe'} prompts in {part} (prompts labelled "
-                                f"{'safe' if harmful else 'unsafe'} are left out)")
-        if limit is not None and limit < len(records):
-            keep = sorted(random.Random(seed).sample(range(len(records)), limit))
-            records = [records[i] for i in keep]
-        out += records
-    if not out:
-        raise SaesteerError("no dataset given (--dataset NAME or FILE)")
-    return out
+    return load_records(datasets, limit=limit, seed=seed, exclude_label="safe" if harmful else "unsafe")
 
 
 def finished_keys(path: Path) -> set[str]:

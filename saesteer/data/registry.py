@@ -50,11 +50,12 @@ def dataset_names() -> list[str]:
     return sorted(LOADERS)
 
 
-def load_records(spec: str, *, limit: int | None = None, seed: int = 0) -> list[Record]:
+def load_records(spec: str, *, limit: int | None = None, seed: int = 0, exclude_label: str | None = None) -> list[Record]:
     """Load one dataset or a comma-separated list: names (`xstest:safe`), `hf:<id>`, or files.
 
     With `limit`, each dataset contributes a seeded random sample of at most `limit` records
-    (kept in dataset order), so small runs are representative and reproducible.
+    (kept in dataset order), so small runs are representative and reproducible. With
+    `exclude_label` (safe or unsafe), records with that label are left out before sampling.
     """
     if limit is not None and (isinstance(limit, bool) or limit < 1):
         raise SaesteerError(f"--limit must be at least 1 (or left out for every record), got {limit}")
@@ -63,6 +64,10 @@ def load_records(spec: str, *, limit: int | None = None, seed: int = 0) -> list[
         records = _load_one(part)
         if not records:
             raise SaesteerError(f"dataset {part!r} is empty")
+        if exclude_label is not None:
+            records = [r for r in records if r.label != exclude_label]
+            if not records:
+                raise SaesteerError(f"no prompts in {part} once those labelled {exclude_label} are left out")
         if limit is not None and limit < len(records):
             keep = sorted(random.Random(seed).sample(range(len(records)), limit))
             records = [records[i] for i in keep]
