@@ -123,3 +123,10 @@ def test_detector_rates_per_dataset_through_the_cli(tmp_path, monkeypatch):
     assert summary["detector"] == "sae_probe"
     assert summary["true_positive_rate"]["k"] == 3 and summary["false_positive_rate"]["k"] == 3   # always fires
     assert set(summary["groups"]) == {"bundled:harmful:unsafe", "bundled:harmless:safe"}
+
+
+def test_sparse_probe_strength_is_chosen_on_the_fitting_prompts():
+    from saesteer.steer.probes import L1_GRID
+
+    probe = fit_sparse_probe(_codes(40, 2.0, 0), _codes(40, 0.0, 1))
+    assert probe.calibration["C"] in L1_GRID and probe.calibration["penalty"] == "l1"

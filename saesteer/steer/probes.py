@@ -53,10 +53,16 @@ def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[:k]), sorted(order[k:])
 
 
+L1_GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+"""L1 strengths tried for a sparse probe (inverse regularisation; larger keeps more latents)."""
+CV_FOLDS = 5
+
+
 def fit_sparse_probe(harmful: torch.Tensor, harmless: torch.Tensor, *, target_fpr: float = 0.05,
-                     calibration_fraction: float = 0.3, c: float = 0.5, seed: int = 0) -> SparseProbe:
+                     calibration_fraction: float = 0.3, c: float | None = None, seed: int = 0) -> SparseProbe:
     """Fit an L1 probe on part of each class's mean-pooled SAE codes ([n, d_sae]), calibrate the
-    threshold on the rest, and report the calibration split's true- and false-positive rates."""
+    threshold on the rest, and report the calibration split's true- and false-positive rates.
+    Without `c`, the L1 strength is chosen from `L1_GRID` by cross-validation on the fitting part."""
     return _fit(harmful, harmless, l1=True, target_fpr=target_fpr, calibration_fraction=calibration_fraction,
                 c=c, seed=seed)
 
@@ -70,7 +76,7 @@ def fit_dense_probe(harmful: torch.Tensor, harmless: torch.Tensor, *, target_fpr
 
 
 def _fit(harmful: torch.Tensor, harmless: torch.Tensor, *, l1: bool, target_fpr: float,
-         calibration_fraction: float, c: float, seed: int) -> SparseProbe:
+         calibration_fraction: float, c: float | None, seed: int) -> SparseProbe:
     from sklearn.linear_model import LogisticRegression
 
     if len(harmful) < 4 or len(harmless) < 4:
@@ -82,9 +88,23 @@ def _fit(harmful: torch.Tensor, harmless: torch.Tensor, *, l1: bool, target_fpr:
     y = [1] * len(h_fit) + [0] * len(s_fit)
     scale = x.std(0).clamp(min=1e-6)      # features differ in scale by orders of magnitude
     centre = torch.zeros_like(scale) if l1 else x.mean(0)
+    features = ((x - centre) / scale).numpy()
+    if l1 and c is None and min(len(h_fit), len(s_fit)) >= CV_FOLDS:
+        # The L1 strength decides how many latents survive: choose it by cross-validated AUROC
+        # on the fitting prompts, never on the calibration split.
+        import warnings
+
+        from sklearn.linear_model import LogisticRegressionCV
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            search = LogisticRegressionCV(Cs=L1_GRID, cv=CV_FOLDS, l1_ratios=[1.0], solver="liblinear",
+                                          scoring="roc_auc", max_iter=5000, class_weight="balanced").fit(features, y)
+        c = float(search.C_[0])
+    c = 0.5 if c is None else c
     clf = LogisticRegression(l1_ratio=1.0 if l1 else 0.0, solver="liblinear", C=c, max_iter=5000,
                              class_weight="balanced")
-    clf.fit(((x - centre) / scale).numpy(), y)
+    clf.fit(features, y)
     weight = (torch.tensor(clf.coef_[0]) / scale).float()
     bias = float(clf.intercept_[0]) - float((weight.double() * centre).sum())
     if not weight.any():
