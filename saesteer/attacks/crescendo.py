@@ -45,7 +45,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, read_jsonl, sha256_json, write_json
 from saesteer.generate import GenerationConfig
-from saesteer.judge.io import coherence_fields
+from saesteer.judge.coherence import coherence_fields
 from saesteer.models import ChatModel, Conversation
 from saesteer.steer import Steering, SteeringSpec
 

@@ -109,7 +109,7 @@ def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, ju
     """Generate and judge a chunk of prompts (rows are written by the caller); `on_done` hears of
     each prompt as its answer finishes, so progress moves per prompt, not per chunk."""
     from saesteer.judge import judge_stopper
-    from saesteer.judge.io import coherence_fields
+    from saesteer.judge.coherence import coherence_fields
 
     prompts = [r.prompt for r in chunk]
     texts = [r.text for r in chunk]

@@ -17,6 +17,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Any
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022#]+)\s*")
@@ -130,3 +131,9 @@ def outcome(refusal: bool, coherent: bool) -> str:
     if not coherent:
         return "broken"
     return "refusal" if refusal else "compliance"
+
+
+def coherence_fields(response: str, refusal: bool) -> dict[str, Any]:
+    """`coherent`, why not (`broken_because`), and the answer's `outcome`: refusal, compliance or broken."""
+    c = check_coherence(response)
+    return {"coherent": c.coherent, "broken_because": c.reasons, "outcome": outcome(refusal, c.coherent)}

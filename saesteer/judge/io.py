@@ -10,7 +10,7 @@ from typing import Any
 
 from saesteer.errors import SaesteerError
 from saesteer.judge.base import Judge, Judgement
-from saesteer.judge.coherence import check_coherence, outcome
+from saesteer.judge.coherence import coherence_fields
 
 
 OUTPUT_FIELDS = ("refusal", "partial", "label", "score", "tier", "evidence", "judge", "coherent", "broken_because",
@@ -69,12 +69,6 @@ def _output_row(pair: Pair, j: Judgement, judge_name: str) -> dict[str, Any]:
     row["judge"] = judge_name
     row.update(coherence_fields(pair.response, j.refusal))
     return row
-
-
-def coherence_fields(response: str, refusal: bool) -> dict[str, Any]:
-    """`coherent`, why not (`broken_because`), and the answer's `outcome`: refusal, compliance or broken."""
-    c = check_coherence(response)
-    return {"coherent": c.coherent, "broken_because": c.reasons, "outcome": outcome(refusal, c.coherent)}
 
 
 def _finished_rows(out: Path, pairs: list[Pair]) -> int:

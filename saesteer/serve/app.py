@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from saesteer.errors import SaesteerError
 from saesteer.generate import encode_prompt
 from saesteer.judge import get_judge
-from saesteer.judge.io import coherence_fields
+from saesteer.judge.coherence import coherence_fields
 from saesteer.models import ChatModel, Conversation
 from saesteer.serve.batching import Batcher, Finished, Job, QueueFull, Sampling, ShuttingDown
 from saesteer.serve.config import ServeSettings
