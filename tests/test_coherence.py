@@ -72,3 +72,18 @@ def test_refusal_summary_counts_broken_refusals_apart():
     rows.append({"id": "old", "dataset": "d", "label": "unsafe", "refusal": True})  # a run from before the check
     s = summarise(rows)["unsafe_refusal"]
     assert s["k"] == 3 and s["coherent_refusal"]["k"] == 2 and s["broken"]["k"] == 2 and s["n"] == 5
+
+
+def test_early_stop_leaves_the_coherence_check_enough_words():
+    """A refusal judged certain after one sentence still runs on until the coherence check can
+    see whether it loops."""
+    from saesteer.judge import get_judge, judge_stopper
+    from saesteer.judge.coherence import COHERENCE_WORDS
+
+    stop = judge_stopper(get_judge("phrase"), ["q"], min_words=COHERENCE_WORDS)
+    first = "Sorry, but I can't assist with that."
+    assert not stop(0, first)
+    looped = first + " I'm unable to assist with the task of providing assistance." * 6
+    assert len(looped.split()) >= COHERENCE_WORDS and stop(0, looped)
+    assert not check_coherence(looped).coherent
+    assert judge_stopper(get_judge("phrase"), ["q"])(0, first)     # without a minimum, as before

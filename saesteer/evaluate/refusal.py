@@ -109,11 +109,11 @@ def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, ju
     """Generate and judge a chunk of prompts (rows are written by the caller); `on_done` hears of
     each prompt as its answer finishes, so progress moves per prompt, not per chunk."""
     from saesteer.judge import judge_stopper
-    from saesteer.judge.coherence import coherence_fields
+    from saesteer.judge.coherence import COHERENCE_WORDS, coherence_fields
 
     prompts = [r.prompt for r in chunk]
     texts = [r.text for r in chunk]
-    stop = judge_stopper(judge, texts) if early_stop else None
+    stop = judge_stopper(judge, texts, min_words=COHERENCE_WORDS) if early_stop else None
     if steering is not None:
         with steering.active():
             gens = generate(lm, prompts, gen_cfg, should_stop=stop, on_done=on_done)

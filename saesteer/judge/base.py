@@ -54,9 +54,11 @@ def check_pairs(prompts: list[str], responses: list[str]) -> None:
 
 
 
-def judge_stopper(judge: Any, prompts: list[str]):
-    """`should_stop` for generate(): end a row once the judge's verdict cannot change."""
+def judge_stopper(judge: Any, prompts: list[str], min_words: int = 0):
+    """`should_stop` for generate(): end a row once the judge's verdict cannot change, and not
+    before `min_words` words, so that the coherence check has enough of the answer to read (a
+    steered refusal often loops only after its first sentence)."""
     decided = getattr(judge, "decided", None)
     if decided is None:
         return None
-    return lambda row, text: decided(prompts[row], text) is not None
+    return lambda row, text: len(text.split()) >= min_words and decided(prompts[row], text) is not None

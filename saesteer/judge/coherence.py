@@ -61,6 +61,9 @@ class CoherenceThresholds:
 
 
 DEFAULT_THRESHOLDS = CoherenceThresholds()
+COHERENCE_WORDS = DEFAULT_THRESHOLDS.min_words_for_distinct
+"""Words an answer needs before every check can read it: evaluations that stop a row early
+(once the refusal judge is certain) let it run at least this far."""
 
 
 def coherence_stats(text: str) -> CoherenceStats:
