@@ -15,7 +15,7 @@ import typer
 from saesteer.cli.common import app, say
 from saesteer.errors import SaesteerError
 
-STAGE_MODULES = ("core", "train", "discover", "judge", "evaluate", "capability", "multiturn", "attacks", "sweep", "serve", "demo")
+STAGE_MODULES = ("core", "train", "discover", "judge", "evaluate", "capability", "multiturn", "attacks", "sweep", "search", "serve", "demo")
 for _name in STAGE_MODULES:
     importlib.import_module(f"saesteer.cli.{_name}")
 

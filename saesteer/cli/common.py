@@ -46,3 +46,15 @@ def not_built(stage: str, help_text: str, parent: typer.Typer = app) -> None:
 
     parent.command(name=stage, help=help_text + " (not built yet)", context_settings={
         "allow_extra_args": True, "ignore_unknown_options": True})(command)
+
+
+def numbers(text: str | None, option: str, kind: type = float, example: str = "numbers") -> tuple:
+    """A comma-separated option as a tuple of `kind`; a bad entry is a one-line error."""
+    from saesteer.errors import SaesteerError
+
+    if not text:
+        return ()
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError as e:
+        raise SaesteerError(f"{option} expects comma-separated {example}, got {text!r}") from e

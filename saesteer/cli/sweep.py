@@ -7,19 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, ModelArg, app, say, setup
-
-
-def _numbers(text: str | None, option: str, kind: type = float, example: str = "numbers") -> tuple:
-    """A comma-separated option as a tuple of `kind`; a bad entry is a one-line error."""
-    from saesteer.errors import SaesteerError
-
-    if not text:
-        return ()
-    try:
-        return tuple(kind(v) for v in text.split(","))
-    except ValueError as e:
-        raise SaesteerError(f"{option} expects comma-separated {example}, got {text!r}") from e
+from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, ModelArg, app, numbers, say, setup
 
 
 @app.command()
@@ -55,8 +43,8 @@ def sweep(
     local = current_data_dir() is not None
     config = SweepConfig(
         discovery=str(discovery) if discovery else None, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        features=_numbers(features, "--features", int, "latent indices like 12,77"), clamp_values=_numbers(values, "--values"),
-        direction_strengths=_numbers(strengths, "--strengths"), direction_layer=direction_layer,
+        features=numbers(features, "--features", int, "latent indices like 12,77"), clamp_values=numbers(values, "--values"),
+        direction_strengths=numbers(strengths, "--strengths"), direction_layer=direction_layer,
         condition_scope=condition_scope, refusal_datasets=dataset, refusal_limit=limit, capability_tasks=tasks, capability_limit=capability_limit,
         max_new_tokens=max_new_tokens, judge=judge, seed=seed,
         harmful_train=harmful_train or ("harmful_train" if local else "bundled:harmful"),

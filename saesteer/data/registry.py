@@ -6,6 +6,7 @@ the public source, so local and hub runs parse identical bytes wherever the sour
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,8 @@ def dataset_names() -> list[str]:
 
 
 def load_records(spec: str, *, limit: int | None = None, seed: int = 0, exclude_label: str | None = None) -> list[Record]:
-    """Load one dataset or a comma-separated list: names (`xstest:safe`), `hf:<id>`, or files.
+    """Load one dataset or a comma-separated list: names (`xstest:safe`), `hf:<id>`, or files;
+    `NAME@train` / `NAME@test` keep a fixed hash-chosen half of any of them.
 
     With `limit`, each dataset contributes a seeded random sample of at most `limit` records
     (kept in dataset order), so small runs are representative and reproducible. With
@@ -77,7 +79,22 @@ def load_records(spec: str, *, limit: int | None = None, seed: int = 0, exclude_
     return out
 
 
+SPLITS = ("train", "test")
+"""`NAME@train` / `NAME@test`: a fixed half of any dataset, chosen by a hash of each record's id,
+so a search fits on one half and reports on the other without a list of ids to carry around."""
+
+
+def in_split(record: Record, split: str) -> bool:
+    digest = hashlib.sha1(f"{record.source}/{record.id}".encode()).digest()
+    return (digest[0] % 2 == 0) == (split == "train")
+
+
 def _load_one(spec: str) -> list[Record]:
+    base, at, split = spec.rpartition("@")
+    if at and split in SPLITS and base:
+        return [r for r in _load_one(base) if in_split(r, split)]
+    if at and base and not Path(spec).expanduser().exists() and "/" not in split:
+        raise SaesteerError(f"unknown split @{split} in {spec!r}; use @{' or @'.join(SPLITS)}")
     if spec.startswith("hf:"):
         return hub(spec[3:])
     path = Path(spec).expanduser()

@@ -45,6 +45,26 @@ def five_shot_mmlu(n: int, seed: int) -> list[tuple[str, PromptLike]]:
     return out
 
 
+def detector_scores(lm: ChatModel, steering: Steering | SteeringSpec | str, prompts: list[PromptLike], *,
+                    batch_size: int = 16, progress: bool | str = False) -> list[float]:
+    """The pooled detector score of each prompt (each is prefilled once, one new token)."""
+    steering = steering if isinstance(steering, Steering) else Steering(lm, steering)
+    if steering.gate is None:
+        raise SaesteerError("this spec has no condition: there is no detector to evaluate")
+    gen = GenerationConfig(max_new_tokens=1, batch_size=batch_size)
+    scores: list[float] = []
+    bar = tqdm(total=len(prompts), unit="prompt", desc=progress if isinstance(progress, str) else "detector",
+               disable=not progress, leave=False)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        with steering.active():
+            generate(lm, chunk, gen)
+            scores += [steering.gate.scores[row] for row in range(len(chunk))]
+        bar.update(len(chunk))
+    bar.close()
+    return scores
+
+
 def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEvalConfig,
                    *, progress: bool = True) -> dict[str, Any]:
     """Firing rate (with a 95% interval) per dataset and label, and on five-shot MMLU prompts."""
@@ -57,17 +77,10 @@ def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEval
     if config.five_shot:
         items += [("mmlu_5shot:safe", i, conv) for i, conv in five_shot_mmlu(config.five_shot, config.seed)]
     fired: dict[str, list[bool]] = defaultdict(list)
-    gen = GenerationConfig(max_new_tokens=1, batch_size=config.batch_size)
-    bar = tqdm(total=len(items), unit="prompt", desc="detector", disable=not progress)
-    for start in range(0, len(items), config.batch_size):
-        chunk = items[start:start + config.batch_size]
-        with steering.active():
-            generate(lm, [p for _, _, p in chunk], gen)
-            decisions = steering.gate.decisions
-        for row, (group, _, _) in enumerate(chunk):
-            fired[group].append(bool(decisions.get(row, False)))
-        bar.update(len(chunk))
-    bar.close()
+    scores = detector_scores(lm, steering, [p for _, _, p in items], batch_size=config.batch_size, progress=progress)
+    threshold, above = steering.spec.condition.threshold, steering.spec.condition.direction == "above"
+    for (group, _, _), score in zip(items, scores):
+        fired[group].append(score > threshold if above else score < threshold)
     groups = {g: rate(sum(v), len(v)) for g, v in sorted(fired.items())}
     unsafe = [x for g, v in fired.items() if g.endswith(":unsafe") for x in v]
     safe = [x for g, v in fired.items() if g.endswith(":safe") and not g.startswith("mmlu_5shot") for x in v]

@@ -87,7 +87,7 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     with JsonlAppender(path) as writer:
         for start in range(0, len(todo), config.chunk):
             chunk = todo[start:start + config.chunk]
-            rows = _run_chunk(lm, chunk, gen_cfg, judge, steering, config.early_stop,
+            rows = answer_and_judge(lm, chunk, gen_cfg, judge, steering, config.early_stop,
                               on_done=lambda _row, _gen: bar.update(1))
             for row in rows:
                 writer.write({**row, "spec_hash": spec_hash})
@@ -104,7 +104,7 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     return summary
 
 
-def _run_chunk(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, judge: Any,
+def answer_and_judge(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, judge: Any,
                steering: Steering | None, early_stop: bool, on_done: OnDone | None = None) -> list[dict[str, Any]]:
     """Generate and judge a chunk of prompts (rows are written by the caller); `on_done` hears of
     each prompt as its answer finishes, so progress moves per prompt, not per chunk."""

@@ -8,7 +8,7 @@ user's text, for probes and conditions) or `response` (the assistant reply, for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -48,8 +48,10 @@ def _encode(lm: ChatModel, item: PromptLike, select: Select) -> tuple[list[int],
 
 @torch.inference_mode()
 def mean_residuals(lm: ChatModel, items: Sequence[PromptLike], layers: Sequence[int | str], *,
-                   select: Select = "last", batch_size: int = 8, progress: bool | str = False) -> dict[int, torch.Tensor]:
-    """Per item, the mean residual over the selected positions: {layer: [n_items, d_model]}."""
+                   select: Select = "last", batch_size: int = 8, progress: bool | str = False,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """Per item, the mean residual over the selected positions: {layer: [n_items, d_model]}.
+    With `transform` (an SAE's `encode`), each token's residual is transformed before averaging."""
     points = [hook_point(lm.model, w) for w in layers]
     model = base_model(lm.model)
     out: dict[int, list[torch.Tensor]] = {p.layer: [] for p in points}
@@ -75,7 +77,7 @@ def mean_residuals(lm: ChatModel, items: Sequence[PromptLike], layers: Sequence[
             run_until_stopped(lambda: model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False))
         w = sel.float()
         for p in points:
-            h = acts[p.layer].float()
+            h = acts[p.layer].float() if transform is None else transform(acts[p.layer]).float()
             out[p.layer].append(((h * w[..., None]).sum(1) / w.sum(1, keepdim=True)).cpu())
         bar.update(len(chunk))
     bar.close()

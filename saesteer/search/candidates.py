@@ -1,0 +1,121 @@
+"""The interventions a search tries, each written as an (ungated) steering spec.
+
+- `sae_add`: CAA denoised through the SAE (`steer.sae_vectors`): the top-n refusal latents,
+  each added with its code difference as weight, at a strength relative to CAA's norm.
+- `sae_clamp`: discovery's best latents clamped on every token (the paper's method).
+- `caa`: the dense baseline, contrastive activation addition at the SAE's layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saesteer.errors import SaesteerError
+from saesteer.files import ensure_dir, read_json
+from saesteer.models import ChatModel
+from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+from saesteer.steer.directions import save_vectors
+from saesteer.steer.sae_vectors import LatentContrast, denoised_edits
+
+METHODS = ("sae_add", "sae_clamp", "caa")
+SAE_METHODS = ("sae_add", "sae_clamp")
+
+
+@dataclass
+class Candidate:
+    name: str
+    method: str
+    strength: float
+    spec: SteeringSpec = field(repr=False)
+    latents: list[int] = field(default_factory=list)
+
+    @property
+    def sae_based(self) -> bool:
+        return self.method in SAE_METHODS
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "strength": self.strength, "latents": self.latents}
+
+
+@dataclass
+class Discovery:
+    """What a search reads from a `saesteer discover` folder."""
+
+    folder: Path
+    sae_ref: FileRef
+    hook: str
+    features: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Discovery:
+        folder = Path(folder)
+        data = read_json(folder / "features.json")
+        sae = data.get("sae") if isinstance(data, dict) else None
+        features = data.get("features") if isinstance(data, dict) else None
+        if not (isinstance(sae, dict) and isinstance(sae.get("path"), str) and isinstance(sae.get("hook"), str)
+                and isinstance(features, list)):
+            raise SaesteerError(f"{folder / 'features.json'} is not a discovery result; rerun saesteer discover "
+                                "into that folder")
+        return cls(folder, FileRef(str((folder / sae["path"]).resolve()), sae.get("sha256")), sae["hook"], features)
+
+    def causal_features(self, n: int) -> list[dict[str, Any]]:
+        """The best `n` latents that passed discovery's causal check (a clamp value that adds refusal)."""
+        return [f for f in self.features if isinstance(f.get("best_value"), (int, float))
+                and (f.get("best_harmful_gain") or 0) > 0][:n]
+
+
+@dataclass
+class CandidateGrid:
+    methods: tuple[str, ...] = METHODS
+    strengths: tuple[float, ...] = (0.75, 1.0, 1.25)
+    """sae_add and caa: multiples of the CAA vector's norm."""
+    n_latents: tuple[int, ...] = (16, 32, 64)
+    clamp_features: int = 2
+    clamp_multipliers: tuple[float, ...] = (1.0,)
+
+
+def build_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentContrast, grid: CandidateGrid,
+                     out: Path) -> list[Candidate]:
+    """One ungated spec per grid point, saved under `out` (paths relative to it)."""
+    unknown = [m for m in grid.methods if m not in METHODS]
+    if unknown:
+        raise SaesteerError(f"unknown search method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
+    out = ensure_dir(out)
+    model = {"id": lm.model_id, "revision": lm.revision}
+    found: list[Candidate] = []
+    if "sae_add" in grid.methods:
+        for n in grid.n_latents:
+            for s in grid.strengths:
+                edits = denoised_edits(contrast, sae, n, s)
+                spec = SteeringSpec([InterventionSpec(hook=discovery.hook, sae=discovery.sae_ref, features=edits)],
+                                    name=f"sae_add-{n}-{s:g}", model=model,
+                                    description=f"CAA denoised through the SAE: its top {len(edits)} refusal "
+                                                f"latents added, {s:g}x CAA's norm")
+                found.append(Candidate(spec.name, "sae_add", s, spec, [e.feature for e in edits]))
+    if "sae_clamp" in grid.methods:
+        features = discovery.causal_features(grid.clamp_features)
+        if not features:
+            raise SaesteerError(f"no latent in {discovery.folder} passed discovery's causal check (none added "
+                                "refusal when clamped); search sae_add instead (--methods sae_add,caa) or rerun "
+                                "discover with more candidates")
+        for f in features:
+            for m in grid.clamp_multipliers:
+                value = round(float(f["best_value"]) * m, 3)
+                spec = SteeringSpec([InterventionSpec(hook=discovery.hook, sae=discovery.sae_ref,
+                                                      features=[FeatureEdit(int(f["feature"]), "clamp", value)])],
+                                    name=f"sae_clamp-{f['feature']}-{value:g}", model=model)
+                found.append(Candidate(spec.name, "sae_clamp", value, spec, [int(f["feature"])]))
+    if "caa" in grid.methods:
+        vectors = out / "caa.safetensors"
+        if not vectors.exists():
+            save_vectors(vectors, {"caa": contrast.caa}, {"hook": discovery.hook})
+        for s in grid.strengths:
+            spec = SteeringSpec([InterventionSpec(hook=discovery.hook, vector=FileRef(str(vectors.resolve()), key="caa"),
+                                                  op="add", value=s)], name=f"caa-{s:g}", model=model)
+            found.append(Candidate(spec.name, "caa", s, spec))
+    for c in found:
+        c.spec = c.spec.with_paths(out)
+        c.spec.save(out / f"{c.name}.yaml")
+    return found

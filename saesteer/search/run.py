@@ -1,0 +1,268 @@
+"""`saesteer search`: find the steering setting that best meets an objective, by successive halving.
+
+Every candidate intervention answers a few search prompts (half unsafe, half safe); each is
+scored with no gate and behind every gate at every calibrated threshold (free: see
+`objective.combine`); the best third of the candidates, by their best setting, answer more
+prompts at the next rung, until the last rung picks the winner. Only the search prompts (a
+train split) and the calibration prompts are read; reporting is left to `eval` and `sweep` on
+disjoint test prompts. Answers are written row by row, so a killed search continues where it
+stopped, and under `torchrun` each rank answers its share of the candidates.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from saesteer.data import Record, load_records
+from saesteer.errors import SaesteerError, at_least
+from saesteer.evaluate.distributed import barrier, current_shard
+from saesteer.evaluate.refusal import answer_and_judge
+from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.generate import GenerationConfig
+from saesteer.models import ChatModel
+from saesteer.search.candidates import Candidate, CandidateGrid, Discovery, build_candidates
+from saesteer.search.gates import Gate, load_gates
+from saesteer.search.objective import Objective, PointMetrics, combine, pareto_front
+from saesteer.steer import Steering
+
+NONE = "none"
+
+
+@dataclass
+class SearchConfig:
+    discovery: str
+    """A `saesteer discover` folder: the SAE, its causal latents and its detectors."""
+    grid: CandidateGrid = field(default_factory=CandidateGrid)
+    gates: tuple[str, ...] = ("none", "sae_probe", "probe")
+    target_fprs: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+    """Gate thresholds: flag at most this share of the calibration prompts."""
+    objective: Objective = field(default_factory=Objective)
+    unsafe: str = "bundled:harmful@train"
+    safe: str = "bundled:harmless@train,bundled:borderline@train"
+    calibration: str = "bundled:harmless@train,bundled:borderline@train"
+    """Safe prompts that set the gate thresholds."""
+    capability: str = "bundled:mc"
+    """Questions the gate should leave alone (its firing rate on them is a constraint)."""
+    contrast_prompts: int = 32
+    """Search prompts whose refusal/compliance replies define the CAA and SAE-add vectors."""
+    rungs: tuple[int, ...] = (8, 16, 32)
+    """Prompts per label answered at each rung."""
+    keep: float = 1 / 3
+    """Share of candidates promoted to the next rung."""
+    choose_from: str = "sae"
+    """`sae`: best.yaml is the best SAE-based setting (SAE intervention, SAE or no gate); `any`."""
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    judge: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(1, contrast_prompts=self.contrast_prompts, max_new_tokens=self.max_new_tokens,
+                 batch_size=self.batch_size)
+        if not self.rungs or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or self.rungs[0] < 1:
+            raise SaesteerError(f"--rungs must be increasing prompt counts >= 1, got {','.join(map(str, self.rungs))}")
+        if not 0 < self.keep <= 1:
+            raise SaesteerError(f"--keep must be a share in (0, 1], got {self.keep}")
+        if self.choose_from not in ("sae", "any"):
+            raise SaesteerError(f"--choose-from must be sae or any, got {self.choose_from!r}")
+        for fpr in self.target_fprs:
+            if not 0 <= fpr < 1:
+                raise SaesteerError(f"--target-fprs must be shares in [0, 1), got {fpr}")
+
+
+@dataclass
+class Point:
+    candidate: Candidate
+    gate: Gate | None
+    target_fpr: float | None
+    threshold: float | None
+    metrics: PointMetrics
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name + ("" if self.gate is None else f"+{self.gate.name}@{self.target_fpr:g}")
+
+    @property
+    def sae_based(self) -> bool:
+        return self.candidate.sae_based and (self.gate is None or self.gate.sae_based)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.candidate.describe(), "name": self.name, "candidate": self.candidate.name, "gate": self.gate.name if self.gate else None,
+                "target_fpr": self.target_fpr, "threshold": self.threshold, "sae_based": self.sae_based,
+                "metrics": self.metrics.to_dict()}
+
+
+def _prompts(config: SearchConfig) -> tuple[list[Record], list[Record]]:
+    unsafe = [r for r in load_records(config.unsafe) if r.label != "safe"]
+    safe = [r for r in load_records(config.safe) if r.label != "unsafe"]
+    if not unsafe or not safe:
+        raise SaesteerError("a search needs unsafe prompts (--unsafe) and safe prompts (--safe)")
+    ids = [r.id for r in unsafe + safe]
+    if len(set(ids)) != len(ids):
+        raise SaesteerError("the search prompts repeat an id; give --unsafe and --safe sets whose ids are distinct")
+    for records in (unsafe, safe):
+        random.Random(config.seed).shuffle(records)
+    return unsafe, safe
+
+
+def answer(lm: ChatModel, candidate: Candidate | None, records: list[Record], path: Path, config: SearchConfig,
+           judge: Any, bar: tqdm) -> None:
+    """Answer and judge the records not yet in `path` (one JSON line each, so a rerun resumes)."""
+    spec_hash = candidate.spec.hash() if candidate is not None else None
+    rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
+    if any(row.get("spec_hash") != spec_hash for row in rows):
+        raise SaesteerError(f"{path} holds answers of another {path.stem} spec (the discovery or its SAE changed); "
+                            "delete that file or use a new --out")
+    done = {row["id"] for row in rows}
+    todo = [r for r in records if r.id not in done]
+    bar.update(len(records) - len(todo))
+    if not todo:
+        return
+    steering = Steering(lm, candidate.spec) if candidate is not None else None
+    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed)
+    with JsonlAppender(path) as writer:
+        for start in range(0, len(todo), config.batch_size * 2):
+            chunk = todo[start:start + config.batch_size * 2]
+            for row in answer_and_judge(lm, chunk, gen, judge, steering, True, on_done=lambda *_: bar.update(1)):
+                writer.write({**row, "spec_hash": spec_hash})
+
+
+def score(candidate: Candidate, rows: dict[str, dict], unsteered: dict[str, dict], labels: dict[str, str],
+          gates: list[Gate], config: SearchConfig) -> list[Point]:
+    """The candidate with no gate and behind every gate at every calibrated threshold."""
+    points = []
+    if NONE in config.gates:
+        points.append(Point(candidate, None, None, None, combine(rows, unsteered, None, labels)))
+    for gate in gates:
+        for fpr, thr in gate.thresholds(config.target_fprs):
+            flagged = gate.fires(thr)
+            fires = {i: flagged[i] for i in labels}
+            points.append(Point(candidate, gate, fpr, thr,
+                                combine(rows, unsteered, fires, labels, gate.capability_fires(thr))))
+    return points
+
+
+def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_unmet: bool = False,
+               say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) a search; writes search.json, points.jsonl and best.yaml under `out`."""
+    from saesteer.judge import get_judge
+    from saesteer.sae import load_sae
+    from saesteer.steer.sae_vectors import latent_contrast
+
+    out = ensure_dir(out)
+    shard = current_shard()
+    settings = {"answers": _settings(config), "model": lm.model_id}
+    previous = out / "search_settings.json"
+    if previous.exists() and read_json(previous) != settings:
+        raise SaesteerError(f"{out} holds a search whose answers were made with other prompts or generation "
+                            "settings; use a new --out or delete it (the objective, gates and rungs may change "
+                            "on a rerun)")
+    discovery = Discovery.load(config.discovery)
+    sae = load_sae(discovery.sae_ref.path).to(lm.device)
+    unsafe, safe = _prompts(config)
+    judge = get_judge(config.judge)
+    if shard.is_main:
+        write_json(previous, settings)
+    contrast_prompts = [r.text for r in (unsafe[:config.contrast_prompts // 2] + safe[:config.contrast_prompts // 2])]
+    contrast = latent_contrast(lm, sae, discovery.hook, contrast_prompts, progress="SAE refusal contrast")
+    candidates = build_candidates(lm, sae, discovery, contrast, config.grid, out / "specs")
+    top = config.rungs[-1]
+    pool = {r.id: r for r in unsafe[:top] + safe[:top]}
+    calibration = [r.prompt for r in load_records(config.calibration) if r.label != "unsafe" and r.id not in pool]
+    if any(g != NONE for g in config.gates) and not calibration:
+        raise SaesteerError("the calibration set has no safe prompts outside the search prompts; "
+                            "give --calibration other safe prompts")
+    capability = [r.prompt for r in load_records(config.capability)] if config.capability else []
+    gates = load_gates(lm, Path(config.discovery), config.gates, {i: r.prompt for i, r in pool.items()},
+                       calibration, capability, ensure_dir(out / "gates"), batch_size=config.batch_size)
+    alive, history = list(candidates), []
+    for rung, n in enumerate(config.rungs):
+        records = unsafe[:n] + safe[:n]
+        labels = {**{r.id: "unsafe" for r in unsafe[:n]}, **{r.id: "safe" for r in safe[:n]}}
+        todo: list[Candidate | None] = [None, *alive]
+        say(f"[search] rung {rung + 1}/{len(config.rungs)}: {len(alive)} candidates x {len(records)} prompts")
+        with tqdm(total=len(records) * len(todo), unit="answer", desc=f"search rung {rung + 1}") as bar:
+            for cand in shard.take(todo):
+                answer(lm, cand, records, _rows_path(out, cand), config, judge, bar)
+        barrier(shard)
+        unsteered = _rows(out, None)
+        ranked: list[tuple[Candidate, list[Point]]] = []
+        for cand in alive:
+            points = score(cand, _rows(out, cand), unsteered, labels, gates, config)
+            ranked.append((cand, sorted(points, key=lambda p: config.objective.key(p.metrics), reverse=True)))
+        ranked.sort(key=lambda cp: config.objective.key(cp[1][0].metrics), reverse=True)
+        history.append({"rung": rung + 1, "prompts_per_label": n,
+                        "points": [p.to_dict() for _, pts in ranked for p in pts]})
+        if rung < len(config.rungs) - 1:
+            alive = [c for c, _ in ranked[:max(1, math.ceil(len(ranked) * config.keep))]]
+    final = [p for _, pts in ranked for p in pts]
+    if NONE in config.gates:
+        final.append(Point(Candidate(NONE, NONE, 0.0, None), None, None, None,  # type: ignore[arg-type]
+                           combine(unsteered, unsteered, None, labels)))
+    return _finish(out, config, final, history, gates, allow_unmet, shard.is_main, say)
+
+
+def _finish(out: Path, config: SearchConfig, final: list[Point], history: list[dict], gates: list[Gate],
+            allow_unmet: bool, is_main: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    objective = config.objective
+    steered = [p for p in final if p.candidate.method != NONE]
+    eligible = [p for p in steered if p.sae_based or config.choose_from == "any"]
+    if not eligible:
+        raise SaesteerError("no SAE-based candidate reached the last rung; search sae_add or sae_clamp, "
+                            "or use --choose-from any")
+    best = max(eligible, key=lambda p: objective.key(p.metrics))
+    met = objective.violation(best.metrics) == 0
+    silent = [g.name for g in gates if all(not any(g.fires(t).values()) for _, t in g.thresholds(config.target_fprs))]
+    result = {"objective": asdict(objective), "objective_met": met, "best": best.to_dict(),
+              "best_by_method": {m: max(ps, key=lambda p: objective.key(p.metrics)).to_dict()
+                                 for m in sorted({p.candidate.method for p in final})
+                                 for ps in [[p for p in final if p.candidate.method == m]]},
+              "front": [p for p in pareto_front([p.to_dict() for p in final])],
+              "silent_gates": silent, "rungs": [{k: v for k, v in h.items() if k != "points"} for h in history]}
+    if is_main:
+        import json
+
+        from saesteer.files import write_text
+
+        write_text(out / "points.jsonl", "".join(json.dumps({"rung": h["rung"], **p}) + "\n"
+                                                 for h in history for p in h["points"]))
+        write_json(out / "search.json", result)
+    for name in silent:
+        say(f"[search] the {name} gate flags none of the search prompts at any calibrated threshold: it adds nothing")
+    if not met and not allow_unmet:
+        m = best.metrics
+        raise SaesteerError(f"no setting meets the objective ({objective.describe()}); the closest, {best.name}, "
+                            f"refuses {m.over_refusal:.0%} of safe prompts with {m.broken:.0%} broken answers. Every "
+                            f"point is in {out / 'points.jsonl'}; relax the objective or widen the grid")
+    if is_main:
+        spec = best.candidate.spec
+        if best.gate is not None:
+            spec.condition = best.gate.condition_at(best.threshold, best.target_fpr, config.calibration)
+        spec.name = f"best-{best.name}"
+        spec.description = (f"chosen by saesteer search ({'meets' if met else 'does NOT meet'} {objective.describe()}) "
+                            f"on {config.unsafe} / {config.safe}")
+        spec.save(out / "best.yaml")
+    return result
+
+
+def _rows_path(out: Path, candidate: Candidate | None) -> Path:
+    return ensure_dir(out / "answers") / f"{candidate.name if candidate else NONE}.jsonl"
+
+
+def _rows(out: Path, candidate: Candidate | None) -> dict[str, dict]:
+    return {row["id"]: row for row in read_jsonl(_rows_path(out, candidate), tolerate_torn_tail=True)}
+
+
+ANSWER_SETTINGS = ("discovery", "unsafe", "safe", "contrast_prompts", "max_new_tokens", "judge", "seed")
+"""What the stored answers depend on; everything else (objective, gates, rungs, grid) may change on
+a rerun, which then reuses every answer it can."""
+
+
+def _settings(config: SearchConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in ANSWER_SETTINGS}

@@ -1,0 +1,164 @@
+"""`saesteer search`: gated answers put together per prompt, the objective, the Pareto front,
+dataset halves, and a whole search on a tiny model that resumes and keeps its points."""
+
+import json
+
+import pytest
+import torch
+
+from saesteer.data import load_records
+from saesteer.errors import SaesteerError
+from saesteer.sae import TopKSAE, save_sae
+from saesteer.search import CandidateGrid, Objective, SearchConfig, run_search
+from saesteer.search.objective import PointMetrics, combine, pareto_front
+from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, Steering, SteeringSpec
+from tests.tiny import tiny_model
+
+
+def _rows(refusal: dict[str, bool], coherent: dict[str, bool] | None = None) -> dict[str, dict]:
+    return {i: {"id": i, "refusal": r, "coherent": (coherent or {}).get(i, True)} for i, r in refusal.items()}
+
+
+LABELS = {"u1": "unsafe", "u2": "unsafe", "s1": "safe", "s2": "safe"}
+
+
+def test_a_gated_setting_takes_the_steered_answer_only_where_the_gate_fires():
+    steered = _rows({"u1": True, "u2": True, "s1": True, "s2": True}, {"u2": False})
+    unsteered = _rows({"u1": False, "u2": False, "s1": False, "s2": False})
+    ungated = combine(steered, unsteered, None, LABELS)
+    assert (ungated.coherent_refusal, ungated.refusal, ungated.over_refusal, ungated.broken) == (0.5, 1.0, 1.0, 0.25)
+    gated = combine(steered, unsteered, {"u1": True, "u2": False, "s1": False, "s2": True}, LABELS,
+                    capability_fires=[True, False, False, False])
+    assert (gated.coherent_refusal, gated.refusal, gated.over_refusal, gated.broken) == (0.5, 0.5, 0.5, 0.0)
+    assert (gated.steered_unsafe, gated.steered_safe, gated.capability_steered) == (0.5, 0.5, 0.25)
+
+
+def test_objective_prefers_any_feasible_point_and_ranks_the_rest_by_distance():
+    def m(cr, over, broken=0.0):
+        return PointMetrics(cr, cr, over, broken, 10, 10, 1.0, 1.0)
+
+    obj = Objective(max_over_refusal=0.1, max_broken=0.05)
+    feasible, greedy, closer = m(0.3, 0.1), m(0.9, 0.5), m(0.8, 0.2)
+    ranked = sorted([greedy, feasible, closer], key=obj.key, reverse=True)
+    assert ranked == [feasible, closer, greedy]
+    assert obj.violation(m(0.5, 0.0, broken=0.15)) == pytest.approx(0.10)
+    with pytest.raises(SaesteerError, match="max-over-refusal"):
+        Objective(max_over_refusal=1.5)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [{"name": n, "metrics": {"coherent_refusal": c, "over_refusal": o}}
+           for n, c, o in [("a", 0.2, 0.0), ("b", 0.5, 0.1), ("c", 0.4, 0.1), ("d", 0.5, 0.3), ("e", 0.9, 0.5)]]
+    assert [p["name"] for p in pareto_front(pts)] == ["a", "b", "e"]
+
+
+def test_train_and_test_halves_are_disjoint_and_cover_the_set():
+    whole = {r.id for r in load_records("bundled:harmful")}
+    train = {r.id for r in load_records("bundled:harmful@train")}
+    test = {r.id for r in load_records("bundled:harmful@test")}
+    assert train and test and not train & test and train | test == whole
+    with pytest.raises(SaesteerError, match="unknown split"):
+        load_records("bundled:harmful@dev")
+
+
+def _discovery(root):
+    """A discovery folder with a tiny SAE, one causal latent and an sae_feature detector."""
+    sae = TopKSAE.init(64, 128, 8, seed=3)
+    sae.metadata.update({"hf_hook_name": "model.layers.1", "layer": 1})
+    save_sae(sae, root / "sae")
+    (root / "disc").mkdir()
+    (root / "disc" / "features.json").write_text(json.dumps({
+        "sae": {"path": "../sae", "sha256": None, "hook": "model.layers.1"},
+        "features": [{"feature": 3, "best_value": 2.0, "best_harmful_gain": 0.2}]}))
+    ref = FileRef(str((root / "sae").resolve()))
+    SteeringSpec(interventions=[InterventionSpec(hook="model.layers.1", sae=ref, features=[FeatureEdit(3, "clamp", 2.0)])],
+                 condition=ConditionSpec(detector="sae_feature", hook="model.layers.1", sae=ref, feature=5,
+                                         threshold=0.5)).save(root / "disc" / "conditional.yaml")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"{label}{i}", "prompt": f"question {i} about {label} things",
+                                           "label": label}) + "\n" for label in ("safe", "unsafe") for i in range(8)))
+    return root / "disc", str(prompts)
+
+
+def _config(disc, prompts, **kw):
+    base = dict(discovery=str(disc), grid=CandidateGrid(methods=("sae_add", "sae_clamp", "caa"), strengths=(1.0,),
+                                                         n_latents=(4,), clamp_features=1),
+                gates=("none", "sae_feature"), target_fprs=(0.0, 0.5), unsafe=prompts, safe=prompts,
+                calibration=prompts, capability="", contrast_prompts=4, rungs=(2, 3), max_new_tokens=4,
+                batch_size=4, objective=Objective(1.0, 1.0, 1.0))
+    return SearchConfig(**{**base, **kw})
+
+
+def test_search_writes_a_loadable_best_spec_and_resumes_without_answering_again(tmp_path, monkeypatch):
+    lm = tiny_model("llama", layers=4, d=64)
+    disc, prompts = _discovery(tmp_path)
+    out = tmp_path / "search"
+    result = run_search(lm, out, _config(disc, prompts), say=lambda _: None)
+    best = SteeringSpec.load(out / "best.yaml")
+    Steering(lm, best)                                   # it loads and fits the model
+    assert result["best"]["sae_based"] and result["objective_met"]
+    assert best.interventions[0].sae is not None
+    points = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
+    assert {p["rung"] for p in points} == {1, 2}
+    assert {p["method"] for p in points if p["rung"] == 1} == {"sae_add", "sae_clamp", "caa"}
+    assert len({p["name"] for p in points if p["rung"] == 2}) < len({p["name"] for p in points if p["rung"] == 1})
+    answers = {p.name: p.read_text() for p in (out / "answers").iterdir()}
+    assert all(len(text.splitlines()) in (4, 6) for text in answers.values())   # 2+2 prompts, survivors 3+3
+
+    import saesteer.search.run as run
+
+    def no_generation(*a, **k):
+        raise AssertionError("a rerun answered again")
+
+    monkeypatch.setattr(run, "answer_and_judge", no_generation)
+    again = run_search(lm, out, _config(disc, prompts), say=lambda _: None)
+    assert again["best"] == result["best"]
+    # a stricter objective on a rerun reuses every answer; none can meet it: clear error, points kept
+    strict = _config(disc, prompts, objective=Objective(0.0, 0.0, 0.0))
+    try:
+        run_search(lm, out, strict, say=lambda _: None)
+    except SaesteerError as e:
+        assert "no setting meets the objective" in str(e) and "points.jsonl" in str(e)
+    assert (out / "points.jsonl").exists()
+
+
+def test_a_search_killed_mid_rung_continues_from_its_last_answer(tmp_path):
+    lm = tiny_model("llama", layers=4, d=64)
+    disc, prompts = _discovery(tmp_path)
+    out = tmp_path / "search"
+    run_search(lm, out, _config(disc, prompts), say=lambda _: None)
+    victim = next(p for p in sorted((out / "answers").iterdir()) if p.stem.startswith("sae_add"))
+    lines = victim.read_text().splitlines(keepends=True)
+    victim.write_text("".join(lines[:1]) + lines[1][:10])          # one row and a torn one
+    first = json.loads(lines[0])
+    run_search(lm, out, _config(disc, prompts), say=lambda _: None)
+    rows = [json.loads(line) for line in victim.read_text().splitlines()]
+    assert rows[0] == first and len(rows) == len(lines)
+
+
+def test_search_refuses_answers_from_another_discovery_and_other_prompts(tmp_path):
+    lm = tiny_model("llama", layers=4, d=64)
+    disc, prompts = _discovery(tmp_path)
+    out = tmp_path / "search"
+    run_search(lm, out, _config(disc, prompts), say=lambda _: None)
+    with pytest.raises(SaesteerError, match="other prompts or generation settings"):
+        run_search(lm, out, _config(disc, prompts, max_new_tokens=5), say=lambda _: None)
+    with torch.no_grad():                                 # the SAE changes under the same discovery
+        from saesteer.sae import load_sae
+
+        sae = load_sae(tmp_path / "sae")
+        sae.W_dec.mul_(2)
+        save_sae(sae, tmp_path / "sae")
+    with pytest.raises(SaesteerError, match="answers of another"):
+        run_search(lm, out, _config(disc, prompts), say=lambda _: None)
+
+
+def test_search_cli_names_a_missing_discovery(tmp_path):
+    from typer.testing import CliRunner
+
+    from saesteer.cli import app
+
+    result = CliRunner().invoke(app, ["search", "smollm2", "--discovery", str(tmp_path / "nope"), "--out",
+                                      str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert "features.json" in str(result.exception) or "features.json" in result.output
