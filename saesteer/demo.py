@@ -1,8 +1,9 @@
 """`saesteer demo`: the paper's pipeline in one command, on the embedded model, offline.
 
-harvest → train a Top-k SAE → discover refusal features → steer (clamp, conditional clamp,
-refusal-direction and CAA baselines) → evaluate refusal, over-refusal and capability →
-HTML report. Every stage writes its results under the output folder and is skipped when they
+harvest → train a Top-k SAE → discover refusal features → search steering settings on train
+prompts (SAE-denoised CAA and CAA, gated by SAE probes) → evaluate the search's pick beside the
+clamp, CAA and no steering on test prompts the search never saw → HTML report. The pick is
+written to `OUT/best.yaml`. Every stage writes its results under the output folder and is skipped when they
 are already there, so an interrupted demo continues from the last finished stage and a rerun
 only rebuilds the report.
 """
@@ -34,21 +35,34 @@ class DemoConfig:
     expansion: int = 8
     k: int = 32
     train_epochs: int = 3
-    n_rank: int = 48
-    n_causal: int = 16
-    candidates: int = 6
+    n_rank: int = 46
+    """With n_causal, at most the 63 prompts of bundled:harmful@train."""
+    n_causal: int = 8
+    candidates: int = 4
     causal_tokens: int = 32
-    eval_datasets: str = "bundled:harmful,bundled:harmless,bundled:borderline"
+    eval_datasets: str = "bundled:harmful@test,bundled:harmless@test,bundled:borderline@test"
+    """Test halves: discovery and the search read only the @train halves."""
     eval_limit: int | None = 24
     eval_tokens: int = 48
     clamp_multipliers: tuple[float, ...] = (1.0,)
     direction_strengths: tuple[float, ...] = (2.0,)
     capability_tasks: str = "bundled_mc"
-    capability_limit: int | None = 40
+    capability_limit: int | None = 24
     capability_shots: int = 2
-    harmful_train: str = "bundled:harmful"
-    harmless_train: str = "bundled:harmless"
-    methods: tuple[str, ...] = ("none", "sae_clamp", "conditional_sae_clamp", "refusal_direction", "caa")
+    harmful_train: str = "bundled:harmful@train"
+    harmless_train: str = "bundled:harmless@train,bundled:borderline@train"
+    """Safe-but-scary prompts teach the detectors what not to flag."""
+    methods: tuple[str, ...] = ("none", "sae_clamp", "caa")
+    search_methods: tuple[str, ...] = ("sae_add", "caa")
+    search_strengths: tuple[float, ...] = (1.0, 1.25, 1.5)
+    search_latents: tuple[int, ...] = (32, 64)
+    search_rungs: tuple[int, ...] = (8, 16, 32)
+    search_unsafe: str = "bundled:harmful@train"
+    search_safe: str = "bundled:harmless@train,bundled:borderline@train"
+    search_calibration: str = "bundled:harmless@train,bundled:borderline@train"
+    """Gate thresholds are set on these safe prompts, less the search's own and those discovery's
+    detectors were fitted on."""
+    max_over_refusal: float = 0.05
     device: str = "auto"
 
 
@@ -57,9 +71,9 @@ def preset(name: str, base: DemoConfig) -> DemoConfig:
     if name == "fast":
         return replace(base, harvest_tokens=24_000, expansion=4, train_epochs=2, n_rank=12, n_causal=6, candidates=2,
                        causal_tokens=16, eval_limit=8, eval_tokens=24, clamp_multipliers=(1.0,),
-                       direction_strengths=(2.0,), capability_limit=12, capability_shots=1, methods=("none", "sae_clamp",
-                                                                                 "conditional_sae_clamp",
-                                                                                 "refusal_direction"))
+                       direction_strengths=(2.0,), capability_limit=12, capability_shots=1,
+                       methods=("none", "sae_clamp"), search_methods=("sae_add",), search_strengths=(1.0,),
+                       search_latents=(16,), search_rungs=(4, 8))
     if name == "full":
         return replace(base, corpus="corpus", harvest_tokens=5_000_000, context_length=512, train_epochs=1,
                        n_rank=128, n_causal=64, candidates=12, causal_tokens=64,
@@ -67,8 +81,10 @@ def preset(name: str, base: DemoConfig) -> DemoConfig:
                        eval_tokens=256, clamp_multipliers=(0.5, 0.75, 1.0, 1.25, 1.5),
                        direction_strengths=(0.5, 1.0, 1.5, 2.0),
                        capability_tasks="mmlu_gen,mmlu_ll,truthfulqa_mc1,truthfulqa_mc2,gsm8k", capability_limit=None,
-                       capability_shots=5,
-                       harmful_train="harmful_train", harmless_train="harmless_train")
+                       capability_shots=5, harmful_train="harmful_train", harmless_train="harmless_train",
+                       search_methods=("sae_add", "sae_clamp", "caa"), search_rungs=(16, 32, 64),
+                       search_unsafe="harmful_train", search_safe="harmless_train,bundled:borderline@train",
+                       search_calibration="harmless_val,bundled:borderline@train")
     return base
 
 
@@ -119,7 +135,7 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
         check_sae_fits(given_sae, lm, None, config.sae)
     out = ensure_dir(out)
     write_json(previous, {"settings": settings})
-    total = 6
+    total = 7
     say(f"saesteer demo → {out.resolve()}")
     say(f"[1/{total}] loaded {config.model} in {time.time() - started:.0f} s")
     say(f"      {lm.model_id}: {lm.n_layers} layers, d_model {lm.d_model}; hooking the residual stream after block {config.layer}")
@@ -156,6 +172,14 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
                                            n_rank=config.n_rank, n_causal=config.n_causal,
                                            n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens),
                             sae_path=sae_dir), say)
+    search_dir = out / "search"
+    _stage(5, total, "search steering settings on train prompts (successive halving over SAE-denoised CAA and CAA, "
+           "gated by SAE and dense probes)", (search_dir / "best.yaml").exists(),
+           lambda: _search(lm, config, discovery, search_dir, say), say)
+    best_spec = out / "best.yaml"
+    from saesteer.steer import SteeringSpec
+
+    SteeringSpec.load(search_dir / "best.yaml").save(best_spec)
     sweep_dir = out / "sweep"
     best = read_json(discovery / "features.json")["features"][0]
     sweep_cfg = SweepConfig(discovery=str(discovery), methods=config.methods,
@@ -164,10 +188,10 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
                             harmless_train=config.harmless_train, refusal_datasets=config.eval_datasets,
                             refusal_limit=config.eval_limit, max_new_tokens=config.eval_tokens,
                             capability_tasks=config.capability_tasks, capability_limit=config.capability_limit,
-                            capability_shots=config.capability_shots)
-    _stage(5, total, "steer and evaluate: no steering, SAE clamp, conditional clamp, refusal direction, CAA",
+                            capability_shots=config.capability_shots, specs=(str(best_spec),))
+    _stage(6, total, "steer and evaluate on test prompts: no steering, SAE clamp, CAA, the search's pick",
            False, lambda: run_sweep(lm, sweep_dir, sweep_cfg), say)
-    report = _stage(6, total, "report", False, lambda: build_report(sweep_dir), say)
+    report = _stage(7, total, "report", False, lambda: build_report(sweep_dir), say)
     summary = summarise(out, report, time.time() - started)
     write_json(out / "summary.json", summary)
     say("")
@@ -177,8 +201,24 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
     return summary
 
 
+def _search(lm: Any, config: DemoConfig, discovery: Path, out: Path, say: Callable[[str], None]) -> None:
+    from saesteer.search import CandidateGrid, Objective, SearchConfig, run_search
+
+    cfg = SearchConfig(discovery=str(discovery),
+                       grid=CandidateGrid(methods=config.search_methods, strengths=config.search_strengths,
+                                          n_latents=config.search_latents),
+                       gates=("none", "sae_probe", "probe"), objective=Objective(max_over_refusal=config.max_over_refusal),
+                       unsafe=config.search_unsafe, safe=config.search_safe, calibration=config.search_calibration,
+                       capability="bundled:mc", rungs=config.search_rungs, max_new_tokens=config.eval_tokens)
+    result = run_search(lm, out, cfg, allow_unmet=True, say=say)
+    m = result["best"]["metrics"]
+    say(f"      pick: {result['best']['name']} ({'meets' if result['objective_met'] else 'closest to, does NOT meet'} "
+        f"the objective): {m['coherent_refusal']:.0%} coherent refusal, {m['over_refusal']:.0%} over-refusal on "
+        f"{m['n_unsafe']}+{m['n_safe']} train prompts")
+
+
 def summarise(out: Path, report: Path, seconds: float) -> dict[str, Any]:
-    """Five lines of measured effects, read back from the files the stages wrote."""
+    """Seven lines of measured effects, read back from the files the stages wrote."""
     from saesteer.files import read_jsonl
     from saesteer.report.plots import by_run
 
@@ -203,36 +243,44 @@ def summarise(out: Path, report: Path, seconds: float) -> dict[str, Any]:
         return "n/a" if v is None else f"{v:.0%}"
 
     clamp_name, clamp_unsafe = get("sae_clamp", "unsafe_refusal", balance)
-    cond_name, cond_unsafe = get("conditional_sae_clamp", "unsafe_refusal", balance)
-    dir_name, dir_unsafe = get("refusal_direction", "unsafe_refusal", balance)
     caa_name, caa_unsafe = get("caa", "unsafe_refusal", balance)
+    pick_name = _name("spec", runs)
+    none_name = _name("none", runs)
     _, none_unsafe = get("none", "unsafe_refusal")
     _, none_safe = get("none", "safe_over_refusal")
 
     def of(name: str | None, metric: str) -> float | None:
         return runs[name][metric][0] if name and metric in runs[name] else None
 
+    def gain(name: str | None, metric: str) -> str:
+        a, b = of(none_name, metric), of(name, metric)
+        return "n/a" if a is None or b is None else f"{100 * (b - a):+.0f} points"
+
     best = features["features"][0]
     recon = sae_metrics.get("reconstruction", sae_metrics)
+    search = read_json(out / "search" / "search.json") if (out / "search" / "search.json").exists() else {}
     lines = [
         f"SAE: {features['sae']['d_sae']:,} latents at {features['sae']['hook']}, FVU {recon.get('fvu', float('nan')):.3f}, "
         f"dead {100 * recon.get('dead_fraction', float('nan')):.1f}% on held-out tokens",
+        f"the search's pick (best.yaml, {pick_name}; chosen on train prompts, "
+        f"{'meets' if search.get('objective_met') else 'does NOT meet'} its objective): coherent refusal of unsafe "
+        f"test prompts {pct(of(none_name, 'unsafe_coherent_refusal'))} -> {pct(of(pick_name, 'unsafe_coherent_refusal'))} "
+        f"({gain(pick_name, 'unsafe_coherent_refusal')}), over-refusal {pct(of(none_name, 'safe_over_refusal'))} -> "
+        f"{pct(of(pick_name, 'safe_over_refusal'))}, capability {pct(of(none_name, 'capability'))} -> "
+        f"{pct(of(pick_name, 'capability'))}",
         f"refusal feature {best['feature']} clamped on every token: refusal of unsafe prompts {pct(none_unsafe)} -> "
-        f"{pct(clamp_unsafe)} ({clamp_name})",
-        f"over-refusal of safe prompts: {pct(none_safe)} unsteered, {pct(of(clamp_name, 'safe_over_refusal'))} clamped, "
-        f"{pct(of(cond_name, 'safe_over_refusal'))} with the conditional clamp (unsafe refusal {pct(cond_unsafe)})",
-        f"capability (mean accuracy): {pct(of(_name('none', runs), 'capability'))} unsteered, "
-        f"{pct(of(clamp_name, 'capability'))} clamped, {pct(of(cond_name, 'capability'))} conditional",
-        f"baselines: refusal direction {pct(dir_unsafe)} unsafe / {pct(of(dir_name, 'safe_over_refusal'))} safe refused; "
-        f"CAA {pct(caa_unsafe)} / {pct(of(caa_name, 'safe_over_refusal'))}",
+        f"{pct(clamp_unsafe)} ({clamp_name}), over-refusal {pct(none_safe)} -> {pct(of(clamp_name, 'safe_over_refusal'))}",
+        f"capability (mean accuracy): {pct(of(none_name, 'capability'))} unsteered, "
+        f"{pct(of(clamp_name, 'capability'))} clamped, {pct(of(caa_name, 'capability'))} CAA",
+        f"baseline CAA ({caa_name}): {pct(caa_unsafe)} of unsafe / {pct(of(caa_name, 'safe_over_refusal'))} of safe "
+        "prompts refused",
     ]
-    named = [("unsteered", _name("none", runs)), ("clamped", clamp_name), ("conditional", cond_name),
-             ("CAA", caa_name)]
-    if any(of(n, "unsafe_coherent_refusal") is not None for _, n in named):
-        lines.append("coherent refusal of unsafe prompts (a broken refusal does not count): " + ", ".join(
-            f"{pct(of(n, 'unsafe_coherent_refusal'))} {label}" for label, n in named))
-        lines.append("broken (degenerate) answers, unsafe / safe prompts: " + ", ".join(
-            f"{pct(of(n, 'unsafe_broken'))} / {pct(of(n, 'safe_broken'))} {label}" for label, n in named))
+    named = [("unsteered", none_name), ("clamped", clamp_name), ("CAA", caa_name), ("pick", pick_name)]
+    named = [(label, n) for label, n in named if n is not None]
+    lines.append("coherent refusal of unsafe prompts (a broken refusal does not count): " + ", ".join(
+        f"{pct(of(n, 'unsafe_coherent_refusal'))} {label}" for label, n in named))
+    lines.append("broken (degenerate) answers, unsafe / safe prompts: " + ", ".join(
+        f"{pct(of(n, 'unsafe_broken'))} / {pct(of(n, 'safe_broken'))} {label}" for label, n in named))
     return {"lines": lines, "report": str(report), "seconds": round(seconds, 1),
             "runs": {n: {k: (v[0] if isinstance(v, tuple) else v) for k, v in r.items()} for n, r in runs.items()}}
 

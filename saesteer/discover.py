@@ -17,6 +17,7 @@ feature (`clamp.yaml`) and its conditional version (`conditional.yaml`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -321,12 +322,19 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                                   zip(causal_prompts[:2] + causal_prompts[-2:], base_texts[:2] + base_texts[-2:])]},
         "features": features, "detectors": detectors,
         "probes": probes,
+        # Which prompts the detectors were fitted on, by text hash: a search keeps them out of the
+        # prompts it calibrates thresholds on and measures over-refusal with.
+        "detector_prompts": sorted(prompt_hash(t) for t in rank_harmful + rank_harmless),
         "specs": specs,
         "seconds": round(time.time() - started, 1),
     }
     write_json(out / "features.json", result)
     write_text(out / "index.html", render_features_page(result))
     return result
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _null():

@@ -63,15 +63,30 @@ def test_fast_demo_writes_a_report_from_its_own_numbers(demo):
         assert stats["unsafe_coherent_refusal"] == pytest.approx(
             sum(r["refusal"] and r["coherent"] for r in unsafe) / len(unsafe))
     unsteered = next(n for n, r in runs.items() if r["method"] == "none")
-    line = summary["lines"][1]
-    assert f"{runs[unsteered]['unsafe_refusal']:.0%} ->" in line
+    assert f"{runs[unsteered]['unsafe_refusal']:.0%} ->" in summary["lines"][2]
+
+    # The search's pick is written to OUT/best.yaml (a contract), evaluated on the test halves
+    # beside the other methods, and quoted on line 2 with its coherent refusal.
+    from saesteer.steer import SteeringSpec
+
+    best = SteeringSpec.load(out / "best.yaml")
+    pick = next(n for n, r in runs.items() if r["method"] == "spec")
+    assert pick == best.name and "best.yaml" in summary["lines"][1] and pick in summary["lines"][1]
+    assert any(iv.sae is not None for iv in best.interventions)      # SAE-based steering
+    assert (f"{runs[unsteered]['unsafe_coherent_refusal']:.0%} -> {runs[pick]['unsafe_coherent_refusal']:.0%}"
+            in summary["lines"][1])
+    datasets = {r["dataset"] for r in read_jsonl(out / "sweep" / "runs" / pick / "refusal" / "responses.jsonl")}
+    assert datasets == {"bundled:harmful", "bundled:harmless", "bundled:borderline"}
+    search_ids = {r["id"] for name in (out / "search" / "answers").iterdir() for r in read_jsonl(name)}
+    test_ids = {r["id"] for r in read_jsonl(out / "sweep" / "runs" / pick / "refusal" / "responses.jsonl")}
+    assert search_ids and not search_ids & test_ids                  # chosen on prompts it is not scored on
 
     # The SAE line quotes the metrics the training stage measured.
     metrics = read_json(out / "sae" / "metrics.json")
     fvu = metrics.get("reconstruction", metrics)["fvu"]
     assert f"FVU {fvu:.3f}" in summary["lines"][0]
     feature = read_json(out / "discover" / "features.json")["features"][0]["feature"]
-    assert f"refusal feature {feature} " in summary["lines"][1]
+    assert f"refusal feature {feature} " in summary["lines"][2]
 
 
 @pytest.mark.slow

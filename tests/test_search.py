@@ -81,8 +81,8 @@ def _discovery(root):
 
 
 def _config(disc, prompts, **kw):
-    base = dict(discovery=str(disc), grid=CandidateGrid(methods=("sae_add", "sae_clamp", "caa"), strengths=(1.0,),
-                                                         n_latents=(4,), clamp_features=1),
+    base = dict(discovery=str(disc), grid=CandidateGrid(methods=("sae_add", "sae_clamp", "caa"), strengths=(1.0, 2.0),
+                                                         n_latents=(4, 8), clamp_features=1),
                 gates=("none", "sae_feature"), target_fprs=(0.0, 0.5), unsafe=prompts, safe=prompts,
                 calibration=prompts, capability="", contrast_prompts=4, rungs=(2, 3), max_new_tokens=4,
                 batch_size=4, objective=Objective(1.0, 1.0, 1.0))
@@ -97,11 +97,14 @@ def test_search_writes_a_loadable_best_spec_and_resumes_without_answering_again(
     best = SteeringSpec.load(out / "best.yaml")
     Steering(lm, best)                                   # it loads and fits the model
     assert result["best"]["sae_based"] and result["objective_met"]
+    assert set(result["best_of"]) == {"sae", "all_sae", "any"}
     assert best.interventions[0].sae is not None
     points = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
     assert {p["rung"] for p in points} == {1, 2}
     assert {p["method"] for p in points if p["rung"] == 1} == {"sae_add", "sae_clamp", "caa"}
-    assert len({p["name"] for p in points if p["rung"] == 2}) < len({p["name"] for p in points if p["rung"] == 1})
+    survivors = {p["candidate"] for p in points if p["rung"] == 2}
+    assert len(survivors) < len({p["candidate"] for p in points if p["rung"] == 1})
+    assert {p["method"] for p in points if p["rung"] == 2} == {"sae_add", "sae_clamp", "caa"}   # each method goes on
     answers = {p.name: p.read_text() for p in (out / "answers").iterdir()}
     assert all(len(text.splitlines()) in (4, 6) for text in answers.values())   # 2+2 prompts, survivors 3+3
 

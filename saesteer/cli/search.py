@@ -27,9 +27,10 @@ def search(
     unsafe: Annotated[Optional[str], typer.Option(help="Unsafe search prompts (default: harmful_train with a data dir, else bundled:harmful@train).")] = None,
     safe: Annotated[Optional[str], typer.Option(help="Safe search prompts (default: harmless_train + bundled:borderline@train, else the bundled @train halves).")] = None,
     calibration: Annotated[Optional[str], typer.Option(help="Safe prompts that set gate thresholds (default: --safe, less the search prompts).")] = None,
+    calibration_limit: Annotated[Optional[int], typer.Option(help="At most this many calibration prompts per dataset.")] = 200,
     rungs: Annotated[str, typer.Option(help="Prompts per label at each rung of successive halving.")] = "8,16,32",
     keep: Annotated[float, typer.Option(help="Share of candidates promoted at each rung.")] = 1 / 3,
-    choose_from: Annotated[str, typer.Option(help="sae: best.yaml is the best SAE-based setting; any: the best of all.")] = "sae",
+    choose_from: Annotated[str, typer.Option(help="sae: best.yaml steers with SAE latents (any gate); all_sae: the gate is SAE-based too; any: CAA allowed.")] = "sae",
     allow_unmet: Annotated[bool, typer.Option(help="Write best.yaml even when no setting meets the objective (the closest).")] = False,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     judge: Annotated[str, typer.Option()] = "auto",
@@ -57,6 +58,7 @@ def search(
         objective=Objective(max_over_refusal, max_broken, max_capability_steered),
         unsafe=unsafe or ("harmful_train" if local else "bundled:harmful@train"),
         safe=safe or default_safe, calibration=calibration or safe or default_safe,
+        calibration_limit=calibration_limit,
         rungs=numbers(rungs, "--rungs", int, "whole numbers like 8,16,32"), keep=keep, choose_from=choose_from,
         max_new_tokens=max_new_tokens, judge=judge, seed=seed)
     if not (discovery / "features.json").exists():

@@ -6,7 +6,8 @@ Methods: `none`; `sae_clamp` (the paper: a discovered latent clamped on every to
 (Arditi et al.'s difference of means, added); `caa` (contrastive activation addition from
 refusal vs compliance replies). Each grid point is a steering spec written under
 `specs/`; its evaluations live under `runs/<name>/` and resume; `results.jsonl` /
-`results.csv` are rebuilt from the finished runs every time.
+`results.csv` are rebuilt from the finished runs every time. Any spec file (a search's
+`best.yaml`) joins the grid as method `spec`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class SweepConfig:
     """Clamp values (default: 0.5, 1 and 1.5 x the discovery's best value)."""
     direction_layer: int | None = None
     """Layer of the dense baselines (default: the SAE's layer)."""
+    specs: tuple[str, ...] = ()
+    """Steering spec files evaluated as grid points of their own (method `spec`), e.g. the
+    `best.yaml` of a `saesteer search`."""
     condition_scope: str | None = None
     """Override of the conditional clamp detector's scope: "prompt" or "last_turn"."""
     direction_strengths: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -54,6 +58,10 @@ class SweepConfig:
     capability_limit: int | None = 100
     capability_shots: int = 5
     """MMLU-style exemplars per question (the paper: 5)."""
+    kl_datasets: str = ""
+    """Safe prompts whose unsteered answers measure each point's KL from the unsteered model
+    ('' for none; see evaluate/kl.py)."""
+    kl_limit: int | None = 24
     batch_size: int = 16
     judge: str = "auto"
     seed: int = 0
@@ -152,6 +160,12 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
                     hook=f"{layer}", vector=FileRef(str(vectors_path.resolve()), key=method), op="add", value=s)],
                     name=f"{method}-L{layer}-{s:g}", model=model)
                 grid.append(GridPoint(spec.name, method, s, None, layer, spec))
+    for path in config.specs:
+        spec = SteeringSpec.load(path).with_paths(None)
+        name = spec.name or Path(path).stem
+        if any(p.name == name for p in grid):
+            raise SaesteerError(f"--spec {path} is named {name!r}, like another grid point; rename it in the file")
+        grid.append(GridPoint(name, "spec", None, None, None, spec))
     for point in grid:
         if point.spec is not None:
             # Paths relative to specs/: the hash each run records survives moving the sweep folder.
@@ -191,6 +205,12 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
                          point.spec, progress=progress)
         if config.capability_tasks:
             _capability(lm, run_dir / "capability", config, point.spec, progress)
+        if config.kl_datasets and not (run_dir / "kl" / "summary.json").exists():
+            from saesteer.evaluate.kl import KLConfig, harmless_kl
+
+            kl = harmless_kl(lm, point.spec, KLConfig(datasets=config.kl_datasets, limit=config.kl_limit,
+                                                      seed=config.seed), progress=progress)
+            write_json(ensure_dir(run_dir / "kl") / "summary.json", kl)
         write_json(run_dir / "point.json", {"name": point.name, "method": point.method, "strength": point.strength,
                                             "feature": point.feature, "layer": point.layer,
                                             "spec_hash": point.spec.hash() if point.spec else None})
@@ -237,6 +257,11 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
             for dataset, parts in s.get("datasets", {}).items():
                 for key, v in parts.items():
                     rows.append({**base, "metric": key, "dataset": dataset, **_value(v)})
+        kl_file = point_file.parent / "kl" / "summary.json"
+        if kl_file.exists():
+            kl = _record(kl_file)
+            rows.append({**base, "metric": "harmless_kl", "dataset": "all",
+                         **_value({"value": kl["mean_kl"], "ci95": kl.get("ci95"), "n": kl.get("n")})})
         capability_file = point_file.parent / "capability" / "summary.json"
         if capability_file.exists():
             c = _record(capability_file)

@@ -43,6 +43,9 @@ def paper_table(rows: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     conds = {n: r for n, r in runs.items() if r["method"] == "conditional_sae_clamp" and "unsafe_refusal" in r}
     if conds:
         pick.append(("conditional clamp", max(conds, key=lambda n: _score(conds[n]))))
+    for name, r in runs.items():
+        if r["method"] == "spec" and "unsafe_refusal" in r:
+            pick.append((f"spec {name}", name))
     for method in ("refusal_direction", "caa"):
         cands = {n: r for n, r in runs.items() if r["method"] == method and "unsafe_refusal" in r}
         if cands:
@@ -63,6 +66,9 @@ def _metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def _cell(rows: list[dict[str, Any]], run: str | None, metric: str, dataset: str) -> str:
     for r in rows:
         if r["name"] == run and r["metric"] == metric and r["dataset"] == dataset and r["value"] is not None:
+            if metric == "harmless_kl":     # nats per token, not a share
+                ci = f" [{r['ci_low']:.3f}–{r['ci_high']:.3f}]" if r.get("ci_low") is not None else ""
+                return f"{r['value']:.3f}{ci}"
             ci = f" [{r['ci_low']:.0%}–{r['ci_high']:.0%}]" if r.get("ci_low") is not None else ""
             return f"{r['value']:.1%}{ci}"
     return "–"

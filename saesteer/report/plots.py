@@ -12,14 +12,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SAFETY = ("unsafe_refusal", "safe_over_refusal")
-QUALITY = ("unsafe_coherent_refusal", "unsafe_broken", "safe_broken")
-"""Answer-quality metrics of the refusal evaluation: neither safety axes nor capability."""
+QUALITY = ("unsafe_coherent_refusal", "unsafe_broken", "safe_broken", "harmless_kl")
+"""Answer-quality metrics (and the KL from the unsteered model on harmless answers): neither
+safety axes nor capability accuracies."""
 LABELS = {"unsafe_refusal": "refusal on unsafe prompts ↑", "safe_over_refusal": "over-refusal on safe prompts ↓",
           "unsafe_coherent_refusal": "coherent refusal on unsafe prompts ↑",
           "unsafe_broken": "broken answers, unsafe prompts ↓", "safe_broken": "broken answers, safe prompts ↓",
-          "capability": "capability (mean accuracy) ↑"}
+          "capability": "capability (mean accuracy) ↑",
+          "harmless_kl": "KL from unsteered on harmless answers ↓"}
 METHOD_STYLE = {"none": ("k", "o"), "sae_clamp": ("tab:red", "o"), "conditional_sae_clamp": ("tab:purple", "s"),
-                "refusal_direction": ("tab:blue", "^"), "caa": ("tab:green", "D")}
+                "refusal_direction": ("tab:blue", "^"), "caa": ("tab:green", "D"), "spec": ("tab:orange", "*")}
+"""`spec`: a spec file evaluated as is, such as the `best.yaml` a search chose."""
 
 
 def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -41,7 +44,7 @@ def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def strength_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     runs = by_run(rows)
-    methods = [m for m in METHOD_STYLE if m != "none" and any(r["method"] == m for r in runs.values())]
+    methods = [m for m in METHOD_STYLE if m not in ("none", "spec") and any(r["method"] == m for r in runs.values())]
     metrics = [m for m in ("unsafe_refusal", "safe_over_refusal", "capability") if any(m in r for r in runs.values())]
     baseline = next((r for r in runs.values() if r["method"] == "none"), None)
     fig, axes = plt.subplots(len(metrics), max(1, len(methods)), figsize=(3.4 * max(1, len(methods)), 2.6 * len(metrics)),
@@ -88,24 +91,28 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     pts = []
     caps = [r["capability"][0] for r in runs.values() if "capability" in r]
+    # Coherent refusal where the runs have it: a broken answer that trips the judge is no refusal.
+    y_metric = ("unsafe_coherent_refusal" if any("unsafe_coherent_refusal" in r for r in runs.values())
+                else "unsafe_refusal")
     for name, r in runs.items():
-        if "unsafe_refusal" not in r or "safe_over_refusal" not in r:
+        if y_metric not in r or "safe_over_refusal" not in r:
             continue
-        x, y = r["safe_over_refusal"][0], r["unsafe_refusal"][0]
+        x, y = r["safe_over_refusal"][0], r[y_metric][0]
         pts.append((x, y))
         color, marker = METHOD_STYLE.get(r["method"], ("gray", "o"))
         size = 40 + 260 * ((r["capability"][0] - min(caps)) / (max(caps) - min(caps) or 1)) if "capability" in r and caps else 60
         ax.scatter([x], [y], s=size, color=color, marker=marker, alpha=0.7, edgecolor="k", lw=0.5)
-        label = "none" if r["method"] == "none" else f"{r['strength']:g}"
+        label = {"none": "none", "spec": name}.get(r["method"]) or f"{r['strength']:g}"
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = pareto_front(pts)
     if len(front) > 1:
         ax.plot([p[0] for p in front], [p[1] for p in front], "k:", lw=1, label="Pareto front")
     for method, (color, marker) in METHOD_STYLE.items():
         if any(r["method"] == method for r in runs.values()):
-            ax.scatter([], [], color=color, marker=marker, label=method.replace("_", " "))
+            ax.scatter([], [], color=color, marker=marker,
+                       label="searched spec" if method == "spec" else method.replace("_", " "))
     ax.set_xlabel("over-refusal on safe prompts ↓")
-    ax.set_ylabel("refusal on unsafe prompts ↑")
+    ax.set_ylabel(LABELS[y_metric])
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)

@@ -47,6 +47,8 @@ class Discovery:
     sae_ref: FileRef
     hook: str
     features: list[dict[str, Any]]
+    detector_prompts: frozenset[str] = frozenset()
+    """Text hashes of the prompts discovery fitted its detectors on."""
 
     @classmethod
     def load(cls, folder: str | Path) -> Discovery:
@@ -58,7 +60,13 @@ class Discovery:
                 and isinstance(features, list)):
             raise SaesteerError(f"{folder / 'features.json'} is not a discovery result; rerun saesteer discover "
                                 "into that folder")
-        return cls(folder, FileRef(str((folder / sae["path"]).resolve()), sae.get("sha256")), sae["hook"], features)
+        return cls(folder, FileRef(str((folder / sae["path"]).resolve()), sae.get("sha256")), sae["hook"], features,
+                   frozenset(data.get("detector_prompts") or ()))
+
+    def fitted_on(self, text: str) -> bool:
+        from saesteer.discover import prompt_hash
+
+        return prompt_hash(text) in self.detector_prompts
 
     def causal_features(self, n: int) -> list[dict[str, Any]]:
         """The best `n` latents that passed discovery's causal check (a clamp value that adds refusal)."""

@@ -32,6 +32,7 @@ from saesteer.search.objective import Objective, PointMetrics, combine, pareto_f
 from saesteer.steer import Steering
 
 NONE = "none"
+CHOICES = ("sae", "all_sae", "any")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class SearchConfig:
     safe: str = "bundled:harmless@train,bundled:borderline@train"
     calibration: str = "bundled:harmless@train,bundled:borderline@train"
     """Safe prompts that set the gate thresholds."""
+    calibration_limit: int | None = 200
+    """At most this many calibration prompts per dataset (a seeded sample)."""
     capability: str = "bundled:mc"
     """Questions the gate should leave alone (its firing rate on them is a constraint)."""
     contrast_prompts: int = 32
@@ -56,7 +59,8 @@ class SearchConfig:
     keep: float = 1 / 3
     """Share of candidates promoted to the next rung."""
     choose_from: str = "sae"
-    """`sae`: best.yaml is the best SAE-based setting (SAE intervention, SAE or no gate); `any`."""
+    """What best.yaml may be: `sae`, steering with SAE latents or SAE-derived vectors behind any
+    gate; `all_sae`, the gate too is SAE-based (or absent); `any`, CAA included."""
     max_new_tokens: int = 48
     batch_size: int = 16
     judge: str = "auto"
@@ -64,13 +68,13 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         at_least(1, contrast_prompts=self.contrast_prompts, max_new_tokens=self.max_new_tokens,
-                 batch_size=self.batch_size)
+                 batch_size=self.batch_size, calibration_limit=self.calibration_limit)
         if not self.rungs or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or self.rungs[0] < 1:
             raise SaesteerError(f"--rungs must be increasing prompt counts >= 1, got {','.join(map(str, self.rungs))}")
         if not 0 < self.keep <= 1:
             raise SaesteerError(f"--keep must be a share in (0, 1], got {self.keep}")
-        if self.choose_from not in ("sae", "any"):
-            raise SaesteerError(f"--choose-from must be sae or any, got {self.choose_from!r}")
+        if self.choose_from not in CHOICES:
+            raise SaesteerError(f"--choose-from must be {', '.join(CHOICES)}; got {self.choose_from!r}")
         for fpr in self.target_fprs:
             if not 0 <= fpr < 1:
                 raise SaesteerError(f"--target-fprs must be shares in [0, 1), got {fpr}")
@@ -90,19 +94,32 @@ class Point:
 
     @property
     def sae_based(self) -> bool:
+        """The steering is SAE latents or an SAE-derived vector (the gate may be any detector)."""
+        return self.candidate.sae_based
+
+    @property
+    def all_sae(self) -> bool:
+        """SAE steering behind an SAE detector, or behind none."""
         return self.candidate.sae_based and (self.gate is None or self.gate.sae_based)
+
+    def eligible(self, choose_from: str) -> bool:
+        return {"sae": self.sae_based, "all_sae": self.all_sae, "any": True}[choose_from]
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.candidate.describe(), "name": self.name, "candidate": self.candidate.name, "gate": self.gate.name if self.gate else None,
                 "target_fpr": self.target_fpr, "threshold": self.threshold, "sae_based": self.sae_based,
+                "all_sae": self.all_sae,
                 "metrics": self.metrics.to_dict()}
 
 
-def _prompts(config: SearchConfig) -> tuple[list[Record], list[Record]]:
+def _prompts(config: SearchConfig, discovery: Discovery) -> tuple[list[Record], list[Record]]:
+    """Unsafe and safe search prompts, shuffled. Safe prompts the detectors were fitted on are
+    left out: over-refusal measured on them would flatter every gate."""
     unsafe = [r for r in load_records(config.unsafe) if r.label != "safe"]
-    safe = [r for r in load_records(config.safe) if r.label != "unsafe"]
+    safe = [r for r in load_records(config.safe) if r.label != "unsafe" and not discovery.fitted_on(r.text)]
     if not unsafe or not safe:
-        raise SaesteerError("a search needs unsafe prompts (--unsafe) and safe prompts (--safe)")
+        raise SaesteerError("a search needs unsafe prompts (--unsafe) and safe prompts (--safe) that discovery's "
+                            "detectors were not fitted on")
     ids = [r.id for r in unsafe + safe]
     if len(set(ids)) != len(ids):
         raise SaesteerError("the search prompts repeat an id; give --unsafe and --safe sets whose ids are distinct")
@@ -148,6 +165,17 @@ def score(candidate: Candidate, rows: dict[str, dict], unsteered: dict[str, dict
     return points
 
 
+def promote(ranked: list[tuple[Candidate, list[Point]]], keep: float) -> list[Candidate]:
+    """The best `keep` share of the ranked candidates, plus the best of every method not among them,
+    so each method reaches the last rung (its front is reported, and `best.yaml` may have to be
+    SAE-based even when CAA leads)."""
+    chosen = [c for c, _ in ranked[:max(1, math.ceil(len(ranked) * keep))]]
+    for cand, _ in ranked:
+        if all(c.method != cand.method for c in chosen):
+            chosen.append(cand)
+    return chosen
+
+
 def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_unmet: bool = False,
                say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a search; writes search.json, points.jsonl and best.yaml under `out`."""
@@ -165,7 +193,7 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
                             "on a rerun)")
     discovery = Discovery.load(config.discovery)
     sae = load_sae(discovery.sae_ref.path).to(lm.device)
-    unsafe, safe = _prompts(config)
+    unsafe, safe = _prompts(config, discovery)
     judge = get_judge(config.judge)
     if shard.is_main:
         write_json(previous, settings)
@@ -174,10 +202,11 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
     candidates = build_candidates(lm, sae, discovery, contrast, config.grid, out / "specs")
     top = config.rungs[-1]
     pool = {r.id: r for r in unsafe[:top] + safe[:top]}
-    calibration = [r.prompt for r in load_records(config.calibration) if r.label != "unsafe" and r.id not in pool]
+    calibration = [r.prompt for r in load_records(config.calibration, limit=config.calibration_limit, seed=config.seed)
+                   if r.label != "unsafe" and r.id not in pool and not discovery.fitted_on(r.text)]
     if any(g != NONE for g in config.gates) and not calibration:
-        raise SaesteerError("the calibration set has no safe prompts outside the search prompts; "
-                            "give --calibration other safe prompts")
+        raise SaesteerError("the calibration set has no safe prompts outside the search prompts and the "
+                            "detectors' fitting prompts; give --calibration other safe prompts")
     capability = [r.prompt for r in load_records(config.capability)] if config.capability else []
     gates = load_gates(lm, Path(config.discovery), config.gates, {i: r.prompt for i, r in pool.items()},
                        calibration, capability, ensure_dir(out / "gates"), batch_size=config.batch_size)
@@ -200,7 +229,7 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
         history.append({"rung": rung + 1, "prompts_per_label": n,
                         "points": [p.to_dict() for _, pts in ranked for p in pts]})
         if rung < len(config.rungs) - 1:
-            alive = [c for c, _ in ranked[:max(1, math.ceil(len(ranked) * config.keep))]]
+            alive = promote(ranked, config.keep)
     final = [p for _, pts in ranked for p in pts]
     if NONE in config.gates:
         final.append(Point(Candidate(NONE, NONE, 0.0, None), None, None, None,  # type: ignore[arg-type]
@@ -212,14 +241,17 @@ def _finish(out: Path, config: SearchConfig, final: list[Point], history: list[d
             allow_unmet: bool, is_main: bool, say: Callable[[str], None]) -> dict[str, Any]:
     objective = config.objective
     steered = [p for p in final if p.candidate.method != NONE]
-    eligible = [p for p in steered if p.sae_based or config.choose_from == "any"]
+    eligible = [p for p in steered if p.eligible(config.choose_from)]
     if not eligible:
-        raise SaesteerError("no SAE-based candidate reached the last rung; search sae_add or sae_clamp, "
-                            "or use --choose-from any")
+        raise SaesteerError(f"no candidate of the kind --choose-from {config.choose_from} asks for reached the last "
+                            "rung; search sae_add or sae_clamp, add an SAE gate, or use --choose-from any")
     best = max(eligible, key=lambda p: objective.key(p.metrics))
+    picks = {kind: max(ps, key=lambda p: objective.key(p.metrics))
+             for kind in CHOICES for ps in [[p for p in steered if p.eligible(kind)]] if ps}
     met = objective.violation(best.metrics) == 0
     silent = [g.name for g in gates if all(not any(g.fires(t).values()) for _, t in g.thresholds(config.target_fprs))]
-    result = {"objective": asdict(objective), "objective_met": met, "best": best.to_dict(),
+    result = {"objective": asdict(objective), "objective_met": met, "choose_from": config.choose_from,
+              "best": best.to_dict(), "best_of": {kind: p.to_dict() for kind, p in picks.items()},
               "best_by_method": {m: max(ps, key=lambda p: objective.key(p.metrics)).to_dict()
                                  for m in sorted({p.candidate.method for p in final})
                                  for ps in [[p for p in final if p.candidate.method == m]]},
@@ -241,14 +273,25 @@ def _finish(out: Path, config: SearchConfig, final: list[Point], history: list[d
                             f"refuses {m.over_refusal:.0%} of safe prompts with {m.broken:.0%} broken answers. Every "
                             f"point is in {out / 'points.jsonl'}; relax the objective or widen the grid")
     if is_main:
-        spec = best.candidate.spec
-        if best.gate is not None:
-            spec.condition = best.gate.condition_at(best.threshold, best.target_fpr, config.calibration)
-        spec.name = f"best-{best.name}"
-        spec.description = (f"chosen by saesteer search ({'meets' if met else 'does NOT meet'} {objective.describe()}) "
-                            f"on {config.unsafe} / {config.safe}")
-        spec.save(out / "best.yaml")
+        _save(best, out / "best.yaml", config, objective)
+        for kind, point in picks.items():
+            if point is not best:
+                _save(point, out / f"best_{kind}.yaml", config, objective)
     return result
+
+
+def _save(point: Point, path: Path, config: SearchConfig, objective: Objective) -> None:
+    """The point's spec, with its gate's condition at the chosen threshold."""
+    import copy
+
+    spec = copy.deepcopy(point.candidate.spec)
+    if point.gate is not None:
+        spec.condition = point.gate.condition_at(point.threshold, point.target_fpr, config.calibration)
+    met = objective.violation(point.metrics) == 0
+    spec.name = f"{path.stem}-{point.name}"
+    spec.description = (f"chosen by saesteer search ({'meets' if met else 'does NOT meet'} {objective.describe()}) "
+                        f"on {config.unsafe} / {config.safe}")
+    spec.save(path)
 
 
 def _rows_path(out: Path, candidate: Candidate | None) -> Path:
