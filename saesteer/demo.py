@@ -56,7 +56,7 @@ class DemoConfig:
     search_methods: tuple[str, ...] = ("sae_add", "caa")
     search_strengths: tuple[float, ...] = (1.0, 1.25, 1.5)
     search_latents: tuple[int, ...] = (32, 64)
-    search_rungs: tuple[int, ...] = (8, 16, 32)
+    search_rungs: tuple[int, ...] = (12, 24, 36)
     search_unsafe: str = "bundled:harmful@train"
     search_safe: str = "bundled:harmless@train,bundled:borderline@train"
     search_calibration: str = "bundled:harmless@train,bundled:borderline@train"

@@ -194,6 +194,8 @@ CAPABILITY = ["eval", "capability", "{m}", "--out", "{out}", "--tasks", "bundled
 REPLAY = ["eval", "multiturn", "{m}", "--out", "{out}", "--mode", "replay", "--max-new-tokens", "2"]
 SWEEP = ["sweep", "{m}", "--out", "{out}", "--discovery", "{w}/disc", "--methods", "none,sae_clamp", "--limit", "1",
          "--tasks", "", "--max-new-tokens", "2", "--judge", "phrase"]
+SEARCH = ["search", "{m}", "--discovery", "{w}/disc", "--out", "{out}", "--gates", "none", "--max-new-tokens", "2",
+          "--judge", "phrase"]
 JUDGE = ["judge", "--input", "{w}/pairs.jsonl", "--out", "{out}/judged.jsonl"]
 SERVE = ["serve", "{m}", "--no-auth", "--port", "{free}"]
 DEMO = ["demo", "--fast", "--model", "{m}", "--out", "{out}"]
@@ -300,6 +302,18 @@ CASES = [
     ("sweep", "--features 3.7", SWEEP + ["--features", "3.7"], "--features expects comma-separated latent indices"),
     ("sweep", "features.json a list", SWEEP + ["--discovery", "{w}/disc_bad"], "is not a discovery result"),
     ("sweep", "--out a file", SWEEP + ["--out", "{w}/out_file"], "cannot create folder"),
+    # search
+    ("search", "--rungs not increasing", SEARCH + ["--rungs", "8,4"], "--rungs must be increasing prompt counts"),
+    ("search", "--rungs 1.5", SEARCH + ["--rungs", "1.5"], "--rungs expects comma-separated whole numbers"),
+    ("search", "--max-over-refusal 2", SEARCH + ["--max-over-refusal", "2"], "--max-over-refusal must be a share"),
+    ("search", "--choose-from all", SEARCH + ["--choose-from", "all"], "--choose-from must be sae, all_sae, any"),
+    ("search", "--keep 0", SEARCH + ["--keep", "0"], "--keep must be a share in (0, 1]"),
+    ("search", "--target-fprs 1", SEARCH + ["--target-fprs", "1"], "--target-fprs must be shares in [0, 1)"),
+    ("search", "no discovery", SEARCH + ["--discovery", "{w}/out_dir"], "has no features.json"),
+    ("search", "unknown method", SEARCH + ["--methods", "sae_sub"], "unknown search method(s) sae_sub"),
+    ("search", "unknown gate", SEARCH + ["--gates", "none,magic"], "unknown gate 'magic'"),
+    ("search", "no latent passed the causal check", SEARCH + ["--methods", "sae_clamp"],
+     "passed discovery's causal check"),
     # report
     ("report", "results row a list", ["report", "{w}/sweep_listrow"], "results.jsonl:2 is a JSON list, not an object"),
     ("report", "results row without name", ["report", "{w}/sweep_noname"], "has no 'name'"),

@@ -78,6 +78,17 @@ class SearchConfig:
         for fpr in self.target_fprs:
             if not 0 <= fpr < 1:
                 raise SaesteerError(f"--target-fprs must be shares in [0, 1), got {fpr}")
+        from saesteer.search.candidates import METHODS
+        from saesteer.search.gates import GATE_FILES
+
+        unknown = [m for m in self.grid.methods if m not in METHODS]
+        if unknown or not self.grid.methods:
+            raise SaesteerError(f"unknown search method(s) {', '.join(unknown) or '(none given)'}; use {', '.join(METHODS)}")
+        for gate in self.gates:
+            if gate != NONE and gate not in GATE_FILES:
+                raise SaesteerError(f"unknown gate {gate!r}; use none, {', '.join(GATE_FILES)}")
+        if not self.gates:
+            raise SaesteerError("--gates is empty; give none and/or a detector")
 
 
 @dataclass
@@ -192,6 +203,10 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
                             "settings; use a new --out or delete it (the objective, gates and rungs may change "
                             "on a rerun)")
     discovery = Discovery.load(config.discovery)
+    if "sae_clamp" in config.grid.methods and not discovery.causal_features(config.grid.clamp_features):
+        raise SaesteerError(f"no latent in {discovery.folder} passed discovery's causal check (none added refusal "
+                            "when clamped); search without sae_clamp (--methods sae_add,caa) or rerun discover "
+                            "with more candidates")
     sae = load_sae(discovery.sae_ref.path).to(lm.device)
     unsafe, safe = _prompts(config, discovery)
     judge = get_judge(config.judge)
