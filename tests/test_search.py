@@ -44,6 +44,9 @@ def test_objective_prefers_any_feasible_point_and_ranks_the_rest_by_distance():
     assert obj.violation(m(0.5, 0.0, broken=0.15)) == pytest.approx(0.10)
     with pytest.raises(SaesteerError, match="max-over-refusal"):
         Objective(max_over_refusal=1.5)
+    # where the unsteered model already breaks 8% of answers, 8% is the ceiling, not 5%
+    raised = Objective(max_over_refusal=0.05, max_broken=0.05).above(m(0.0, 0.02, broken=0.08))
+    assert (raised.max_over_refusal, raised.max_broken) == (0.05, 0.08)
 
 
 def test_pareto_front_keeps_only_undominated_points():

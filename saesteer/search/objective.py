@@ -8,7 +8,7 @@ and one unsteered generation per prompt, without generating again.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from saesteer.errors import SaesteerError
@@ -16,7 +16,8 @@ from saesteer.errors import SaesteerError
 
 @dataclass(frozen=True)
 class Objective:
-    """Maximise coherent refusal of unsafe prompts subject to these ceilings."""
+    """Maximise coherent refusal of unsafe prompts subject to these ceilings (raised to the
+    unsteered model's own rates where those are higher: see `above`)."""
 
     max_over_refusal: float = 0.05
     """Share of safe prompts refused."""
@@ -30,6 +31,13 @@ class Objective:
         for name, value in asdict(self).items():
             if not 0 <= value <= 1:
                 raise SaesteerError(f"--{name.replace('_', '-')} must be a share between 0 and 1, got {value}")
+
+    def above(self, unsteered: PointMetrics) -> Objective:
+        """The ceilings a steered setting is held to on prompts where the unsteered model scores
+        `unsteered`: never lower than what the unsteered model itself does (a 135M model writes
+        some degenerate answers and refuses some safe prompts with no steering at all)."""
+        return replace(self, max_over_refusal=max(self.max_over_refusal, unsteered.over_refusal),
+                       max_broken=max(self.max_broken, unsteered.broken))
 
     def violation(self, m: PointMetrics) -> float:
         """How far past the ceilings a point is (0 when it meets them all)."""

@@ -236,25 +236,24 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
                 answer(lm, cand, records, _rows_path(out, cand), config, judge, bar)
         barrier(shard)
         unsteered = _rows(out, None)
+        baseline = combine(unsteered, unsteered, None, labels)
+        objective = config.objective.above(baseline)
         ranked: list[tuple[Candidate, list[Point]]] = []
         for cand in alive:
             points = score(cand, _rows(out, cand), unsteered, labels, gates, config)
-            ranked.append((cand, sorted(points, key=lambda p: config.objective.key(p.metrics), reverse=True)))
-        ranked.sort(key=lambda cp: config.objective.key(cp[1][0].metrics), reverse=True)
+            ranked.append((cand, sorted(points, key=lambda p: objective.key(p.metrics), reverse=True)))
+        ranked.sort(key=lambda cp: objective.key(cp[1][0].metrics), reverse=True)
         history.append({"rung": rung + 1, "prompts_per_label": n,
                         "points": [p.to_dict() for _, pts in ranked for p in pts]})
         if rung < len(config.rungs) - 1:
             alive = promote(ranked, config.keep)
     final = [p for _, pts in ranked for p in pts]
-    if NONE in config.gates:
-        final.append(Point(Candidate(NONE, NONE, 0.0, None), None, None, None,  # type: ignore[arg-type]
-                           combine(unsteered, unsteered, None, labels)))
-    return _finish(out, config, final, history, gates, allow_unmet, shard.is_main, say)
+    final.append(Point(Candidate(NONE, NONE, 0.0, None), None, None, None, baseline))  # type: ignore[arg-type]
+    return _finish(out, config, objective, final, history, gates, allow_unmet, shard.is_main, say)
 
 
-def _finish(out: Path, config: SearchConfig, final: list[Point], history: list[dict], gates: list[Gate],
-            allow_unmet: bool, is_main: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    objective = config.objective
+def _finish(out: Path, config: SearchConfig, objective: Objective, final: list[Point], history: list[dict],
+            gates: list[Gate], allow_unmet: bool, is_main: bool, say: Callable[[str], None]) -> dict[str, Any]:
     steered = [p for p in final if p.candidate.method != NONE]
     eligible = [p for p in steered if p.eligible(config.choose_from)]
     if not eligible:
@@ -265,7 +264,7 @@ def _finish(out: Path, config: SearchConfig, final: list[Point], history: list[d
              for kind in CHOICES for ps in [[p for p in steered if p.eligible(kind)]] if ps}
     met = objective.violation(best.metrics) == 0
     silent = [g.name for g in gates if all(not any(g.fires(t).values()) for _, t in g.thresholds(config.target_fprs))]
-    result = {"objective": asdict(objective), "objective_met": met, "choose_from": config.choose_from,
+    result = {"objective": asdict(config.objective), "ceilings": asdict(objective), "objective_met": met, "choose_from": config.choose_from,
               "best": best.to_dict(), "best_of": {kind: p.to_dict() for kind, p in picks.items()},
               "best_by_method": {m: max(ps, key=lambda p: objective.key(p.metrics)).to_dict()
                                  for m in sorted({p.candidate.method for p in final})
@@ -289,6 +288,10 @@ def _finish(out: Path, config: SearchConfig, final: list[Point], history: list[d
                             f"point is in {out / 'points.jsonl'}; relax the objective or widen the grid")
     if is_main:
         _save(best, out / "best.yaml", config, objective)
+        by_name = {p.name: p for p in steered}
+        for entry in result["front"]:
+            if entry["name"] in by_name:
+                _save(by_name[entry["name"]], ensure_dir(out / "front") / f"{entry['name']}.yaml", config, objective)
         for kind, point in picks.items():
             if point is not best:
                 _save(point, out / f"best_{kind}.yaml", config, objective)
@@ -303,7 +306,7 @@ def _save(point: Point, path: Path, config: SearchConfig, objective: Objective) 
     if point.gate is not None:
         spec.condition = point.gate.condition_at(point.threshold, point.target_fpr, config.calibration)
     met = objective.violation(point.metrics) == 0
-    spec.name = f"{path.stem}-{point.name}"
+    spec.name = point.name if path.parent.name == "front" else f"{path.stem}-{point.name}"
     spec.description = (f"chosen by saesteer search ({'meets' if met else 'does NOT meet'} {objective.describe()}) "
                         f"on {config.unsafe} / {config.safe}")
     spec.save(path)
