@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--value", type=float, default=1.5)
     ap.add_argument("--spec", action="append", default=[], help="NAME=FILE: another steering spec")
+    ap.add_argument("--positions-for", default=None,
+                    help="comma-separated conditions whose prefilling also runs steered on prompt / generated tokens "
+                         "only (default: every steered condition; '' for none)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
@@ -69,7 +72,8 @@ def main() -> None:
                                benign=args.benign or None, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size)
         summaries[name] = evaluate_attacks(lm, out / name, cfg, spec)
-        if spec is not None:
+        by_position = args.positions_for is None or name in args.positions_for.split(",")
+        if spec is not None and by_position:
             # `all` is the main run's; the prompt-only and generated-only positions run here
             cfg.attacks, cfg.positions, cfg.benign = "prefill,prefill_steps", "prompt,generated", None
             summaries[f"{name} prefill"] = evaluate_attacks(lm, out / f"{name}_prefill_positions", cfg, spec)

@@ -1,11 +1,11 @@
 """`saesteer demo`: the paper's pipeline in one command, on the embedded model, offline.
 
 harvest → train a Top-k SAE → discover refusal features → search steering settings on train
-prompts (SAE-denoised CAA and CAA, gated by SAE probes) → evaluate the search's pick beside the
+prompts (SAE-denoised CAA behind SAE and dense probes) → evaluate the search's pick beside the
 clamp, CAA and no steering on test prompts the search never saw → HTML report. The pick is
-written to `OUT/best.yaml`. Every stage writes its results under the output folder and is skipped when they
-are already there, so an interrupted demo continues from the last finished stage and a rerun
-only rebuilds the report.
+written to `OUT/best.yaml`. Every stage writes its results under the output folder and is
+skipped when they are already there, so an interrupted demo continues from the last finished
+stage and a rerun only rebuilds the report.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class DemoConfig:
     harmless_train: str = "bundled:harmless@train,bundled:borderline@train"
     """Safe-but-scary prompts teach the detectors what not to flag."""
     methods: tuple[str, ...] = ("none", "sae_clamp", "caa")
-    search_methods: tuple[str, ...] = ("sae_add", "caa")
+    search_methods: tuple[str, ...] = ("sae_add",)
+    """The pick must steer with the SAE; CAA is evaluated beside it in the sweep (a CAA search is
+    `saesteer search --methods sae_add,caa`)."""
     search_strengths: tuple[float, ...] = (1.0, 1.25, 1.5)
     search_latents: tuple[int, ...] = (32, 64)
     search_rungs: tuple[int, ...] = (12, 24, 36)
@@ -173,8 +175,8 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
                                            n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens),
                             sae_path=sae_dir), say)
     search_dir = out / "search"
-    _stage(5, total, "search steering settings on train prompts (successive halving over SAE-denoised CAA and CAA, "
-           "gated by SAE and dense probes)", (search_dir / "best.yaml").exists(),
+    _stage(5, total, "search steering settings on train prompts (successive halving over SAE-denoised CAA "
+           "strengths and latent counts, gated by SAE and dense probes)", (search_dir / "best.yaml").exists(),
            lambda: _search(lm, config, discovery, search_dir, say), say)
     best_spec = out / "best.yaml"
     from saesteer.steer import SteeringSpec
@@ -262,7 +264,7 @@ def summarise(out: Path, report: Path, seconds: float) -> dict[str, Any]:
     lines = [
         f"SAE: {features['sae']['d_sae']:,} latents at {features['sae']['hook']}, FVU {recon.get('fvu', float('nan')):.3f}, "
         f"dead {100 * recon.get('dead_fraction', float('nan')):.1f}% on held-out tokens",
-        f"the search's pick (best.yaml, {pick_name}; chosen on train prompts, "
+        f"the search's pick (best.yaml, {pick_name}{_gate_words(out / 'best.yaml')}; chosen on train prompts, "
         f"{'meets' if search.get('objective_met') else 'does NOT meet'} its objective): coherent refusal of unsafe "
         f"test prompts {pct(of(none_name, 'unsafe_coherent_refusal'))} -> {pct(of(pick_name, 'unsafe_coherent_refusal'))} "
         f"({gain(pick_name, 'unsafe_coherent_refusal')}), over-refusal {pct(of(none_name, 'safe_over_refusal'))} -> "
@@ -283,6 +285,20 @@ def summarise(out: Path, report: Path, seconds: float) -> dict[str, Any]:
         f"{pct(of(n, 'unsafe_broken'))} / {pct(of(n, 'safe_broken'))} {label}" for label, n in named))
     return {"lines": lines, "report": str(report), "seconds": round(seconds, 1),
             "runs": {n: {k: (v[0] if isinstance(v, tuple) else v) for k, v in r.items()} for n, r in runs.items()}}
+
+
+GATE_WORDS = {"probe": "dense probe on the residual", "sae_probe": "sparse probe over SAE latents",
+              "sae_feature": "one SAE latent", "direction": "a direction"}
+
+
+def _gate_words(spec_path: Path) -> str:
+    """', gated by ...': which detector decides when the pick steers (none: every prompt)."""
+    from saesteer.steer import SteeringSpec
+
+    if not spec_path.exists():
+        return ""
+    condition = SteeringSpec.load(spec_path).condition
+    return ", ungated" if condition is None else f", gated by a {GATE_WORDS.get(condition.detector, condition.detector)}"
 
 
 def _name(method: str, runs: dict[str, dict]) -> str | None:
