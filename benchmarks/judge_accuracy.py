@@ -3,14 +3,14 @@
     SAESTEER_DATA=/path/to/shared/data python benchmarks/judge_accuracy.py [--llm URL --model NAME] [--hf MODEL]
 
 Labelled models: XSTest v2's human-labelled completions of GPT-4 and Llama-2 (450 each), and
-answers of SmolLM2-135M-Instruct (unsteered and steered) and Qwen2.5-Coder-0.5B-Instruct that
-we labelled by reading them (benchmarks/labels/, GUIDELINES.md there). Refusal is the positive
-class; a partial refusal counts as a refusal. For each model it prints the phrase tier (`auto`,
-no training), the classifier refitted on the *other* models only, and any LLM judge given,
-with false positives and negatives, per refusal family where the labels have one, and the
-coherence check's agreement with the hand labels. The smollm2 `test` split and the Qwen answers
-were never read while the phrase patterns were written; the XSTest sets and the smollm2 `dev`
-split were.
+answers of SmolLM2-135M-Instruct (unsteered, steered with CAA, and steered by adding SAE refusal
+latents) and Qwen2.5-Coder-0.5B-Instruct that we labelled by reading them (benchmarks/labels/,
+GUIDELINES.md there). Refusal is the positive class; a partial refusal counts as a refusal. For
+each model it prints the phrase tier (`auto`, no training), the classifier refitted on the
+*other* models only, and any LLM judge given, with false positives and negatives, per refusal
+family where the labels have one, and the coherence check's agreement with the hand labels. The
+smollm2 `test` split (which holds every SAE-steered answer) and the Qwen answers were never read
+while the phrase patterns were written; the XSTest sets and the smollm2 `dev` split were.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from saesteer.judge.coherence import check_coherence  # noqa: E402
 
 LABELS = Path(__file__).with_name("labels")
 XSTEST = ("gpt4", "llama2new")
-HAND = {"smollm2": "smollm2_answers.jsonl", "qwen2.5-0.5b": "qwen_answers.jsonl"}
-PROMPT_SETS = "harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca"
+# model -> its hand-label files (smollm2: unsteered + CAA answers, and answers steered with SAE latents)
+HAND = {"smollm2": ("smollm2_answers.jsonl", "smollm2_saeadd_answers.jsonl"), "qwen2.5-0.5b": ("qwen_answers.jsonl",)}
+PROMPT_SETS = "harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca,bundled:harmless,bundled:borderline"
 
 
 def load_xstest(model: str) -> list[dict]:
@@ -212,9 +213,10 @@ def main() -> None:
         sys.exit("set SAESTEER_DATA (or pass --data-dir) to the folder holding xstest/ and the prompt sets")
     data = {m: load_xstest(m) for m in XSTEST}
     prompts = prompts_by_id()
-    for model, file in HAND.items():
-        if (LABELS / file).exists():
-            data[model] = load_hand(file, prompts)
+    for model, files in HAND.items():
+        rows = [r for file in files if (LABELS / file).exists() for r in load_hand(file, prompts)]
+        if rows:
+            data[model] = rows
     extra = []
     if args.llm:
         extra.append((f"llm {args.model}", get_judge("llm", base_url=args.llm, model=args.model,
