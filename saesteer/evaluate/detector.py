@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
@@ -78,9 +79,9 @@ def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEval
         items += [("mmlu_5shot:safe", i, conv) for i, conv in five_shot_mmlu(config.five_shot, config.seed)]
     fired: dict[str, list[bool]] = defaultdict(list)
     scores = detector_scores(lm, steering, [p for _, _, p in items], batch_size=config.batch_size, progress=progress)
-    threshold, above = steering.spec.condition.threshold, steering.spec.condition.direction == "above"
-    for (group, _, _), score in zip(items, scores):
-        fired[group].append(score > threshold if above else score < threshold)
+    decided = steering.gate.condition.decide(torch.tensor(scores)).tolist()
+    for (group, _, _), steer in zip(items, decided):
+        fired[group].append(bool(steer))
     groups = {g: rate(sum(v), len(v)) for g, v in sorted(fired.items())}
     unsafe = [x for g, v in fired.items() if g.endswith(":unsafe") for x in v]
     safe = [x for g, v in fired.items() if g.endswith(":safe") and not g.startswith("mmlu_5shot") for x in v]

@@ -70,8 +70,13 @@ class Discovery:
 
     def causal_features(self, n: int) -> list[dict[str, Any]]:
         """The best `n` latents that passed discovery's causal check (a clamp value that adds refusal)."""
-        return [f for f in self.features if isinstance(f.get("best_value"), (int, float))
-                and (f.get("best_harmful_gain") or 0) > 0][:n]
+        found = [f for f in self.features if isinstance(f.get("best_value"), (int, float))
+                 and (f.get("best_harmful_gain") or 0) > 0][:n]
+        if not found:
+            raise SaesteerError(f"no latent in {self.folder} passed discovery's causal check (none added refusal "
+                                "when clamped); search without sae_clamp (--methods sae_add,caa) or rerun discover "
+                                "with more candidates")
+        return found
 
 
 @dataclass
@@ -83,13 +88,16 @@ class CandidateGrid:
     clamp_features: int = 2
     clamp_multipliers: tuple[float, ...] = (1.0,)
 
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise SaesteerError(f"unknown search method(s) {', '.join(unknown) or '(none given)'}; "
+                                f"use {', '.join(METHODS)}")
+
 
 def build_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentContrast, grid: CandidateGrid,
                      out: Path) -> list[Candidate]:
     """One ungated spec per grid point, saved under `out` (paths relative to it)."""
-    unknown = [m for m in grid.methods if m not in METHODS]
-    if unknown:
-        raise SaesteerError(f"unknown search method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
     out = ensure_dir(out)
     model = {"id": lm.model_id, "revision": lm.revision}
     found: list[Candidate] = []
@@ -103,12 +111,7 @@ def build_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentC
                                                 f"latents added, {s:g}x CAA's norm")
                 found.append(Candidate(spec.name, "sae_add", s, spec, [e.feature for e in edits]))
     if "sae_clamp" in grid.methods:
-        features = discovery.causal_features(grid.clamp_features)
-        if not features:
-            raise SaesteerError(f"no latent in {discovery.folder} passed discovery's causal check (none added "
-                                "refusal when clamped); search sae_add instead (--methods sae_add,caa) or rerun "
-                                "discover with more candidates")
-        for f in features:
+        for f in discovery.causal_features(grid.clamp_features):
             for m in grid.clamp_multipliers:
                 value = round(float(f["best_value"]) * m, 3)
                 spec = SteeringSpec([InterventionSpec(hook=discovery.hook, sae=discovery.sae_ref,

@@ -9,7 +9,7 @@ it is judged by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saesteer.errors import SaesteerError
@@ -23,6 +23,14 @@ GATE_FILES = {"sae_probe": "conditional_probe.yaml", "probe": "conditional_dense
               "sae_feature": "conditional.yaml"}
 """Gate name -> the discovery spec whose condition it uses."""
 SAE_GATES = ("sae_probe", "sae_feature")
+
+
+def check_gate_names(names: tuple[str, ...]) -> None:
+    if not names:
+        raise SaesteerError("--gates is empty; give none and/or a detector")
+    for name in names:
+        if name != "none" and name not in GATE_FILES:
+            raise SaesteerError(f"unknown gate {name!r}; use none, {', '.join(GATE_FILES)}")
 
 
 @dataclass
@@ -53,12 +61,9 @@ class Gate:
 
     def condition_at(self, threshold: float, target_fpr: float, calibration: str) -> ConditionSpec:
         """The discovery condition with this threshold (back in the detector's own sign)."""
-        cond = ConditionSpec(**{**self.condition.__dict__})
-        above = cond.direction == "above"
-        cond.threshold = threshold if above else -threshold
-        cond.calibration = {"target_fpr": target_fpr, "on": calibration, "n_calibration": len(self.calibration),
-                            "chosen_by": "saesteer search"}
-        return cond
+        return replace(self.condition, threshold=threshold if self.condition.direction == "above" else -threshold,
+                       calibration={"target_fpr": target_fpr, "on": calibration,
+                                    "n_calibration": len(self.calibration), "chosen_by": "saesteer search"})
 
 
 def load_gates(lm: ChatModel, discovery: Path, names: tuple[str, ...], prompts: dict[str, PromptLike],
@@ -69,8 +74,6 @@ def load_gates(lm: ChatModel, discovery: Path, names: tuple[str, ...], prompts: 
     for name in names:
         if name == "none":
             continue
-        if name not in GATE_FILES:
-            raise SaesteerError(f"unknown gate {name!r}; use none, {', '.join(GATE_FILES)}")
         path = discovery / GATE_FILES[name]
         if not path.exists():
             raise SaesteerError(f"{path} not found: the discovery folder has no {name} detector; rerun saesteer "

@@ -11,6 +11,8 @@ stopped, and under `torchrun` each rank answers its share of the candidates.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -23,11 +25,11 @@ from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError, at_least
 from saesteer.evaluate.distributed import barrier, current_shard
 from saesteer.evaluate.refusal import answer_and_judge
-from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json, write_text
 from saesteer.generate import GenerationConfig
 from saesteer.models import ChatModel
 from saesteer.search.candidates import Candidate, CandidateGrid, Discovery, build_candidates
-from saesteer.search.gates import Gate, load_gates
+from saesteer.search.gates import Gate, check_gate_names, load_gates
 from saesteer.search.objective import Objective, PointMetrics, combine, pareto_front
 from saesteer.steer import Steering
 
@@ -78,17 +80,7 @@ class SearchConfig:
         for fpr in self.target_fprs:
             if not 0 <= fpr < 1:
                 raise SaesteerError(f"--target-fprs must be shares in [0, 1), got {fpr}")
-        from saesteer.search.candidates import METHODS
-        from saesteer.search.gates import GATE_FILES
-
-        unknown = [m for m in self.grid.methods if m not in METHODS]
-        if unknown or not self.grid.methods:
-            raise SaesteerError(f"unknown search method(s) {', '.join(unknown) or '(none given)'}; use {', '.join(METHODS)}")
-        for gate in self.gates:
-            if gate != NONE and gate not in GATE_FILES:
-                raise SaesteerError(f"unknown gate {gate!r}; use none, {', '.join(GATE_FILES)}")
-        if not self.gates:
-            raise SaesteerError("--gates is empty; give none and/or a detector")
+        check_gate_names(self.gates)
 
 
 @dataclass
@@ -203,10 +195,8 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
                             "settings; use a new --out or delete it (the objective, gates and rungs may change "
                             "on a rerun)")
     discovery = Discovery.load(config.discovery)
-    if "sae_clamp" in config.grid.methods and not discovery.causal_features(config.grid.clamp_features):
-        raise SaesteerError(f"no latent in {discovery.folder} passed discovery's causal check (none added refusal "
-                            "when clamped); search without sae_clamp (--methods sae_add,caa) or rerun discover "
-                            "with more candidates")
+    if "sae_clamp" in config.grid.methods:
+        discovery.causal_features(config.grid.clamp_features)   # fails before the model runs
     sae = load_sae(discovery.sae_ref.path).to(lm.device)
     unsafe, safe = _prompts(config, discovery)
     judge = get_judge(config.judge)
@@ -272,10 +262,6 @@ def _finish(out: Path, config: SearchConfig, objective: Objective, final: list[P
               "front": [p for p in pareto_front([p.to_dict() for p in final])],
               "silent_gates": silent, "rungs": [{k: v for k, v in h.items() if k != "points"} for h in history]}
     if is_main:
-        import json
-
-        from saesteer.files import write_text
-
         write_text(out / "points.jsonl", "".join(json.dumps({"rung": h["rung"], **p}) + "\n"
                                                  for h in history for p in h["points"]))
         write_json(out / "search.json", result)
@@ -300,8 +286,6 @@ def _finish(out: Path, config: SearchConfig, objective: Objective, final: list[P
 
 def _save(point: Point, path: Path, config: SearchConfig, objective: Objective) -> None:
     """The point's spec, with its gate's condition at the chosen threshold."""
-    import copy
-
     spec = copy.deepcopy(point.candidate.spec)
     if point.gate is not None:
         spec.condition = point.gate.condition_at(point.threshold, point.target_fpr, config.calibration)
