@@ -172,7 +172,8 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
            lambda: discover(lm, sae.to(lm.device), discovery,
                             DiscoverConfig(harmful=config.harmful_train, harmless=config.harmless_train,
                                            n_rank=config.n_rank, n_causal=config.n_causal,
-                                           n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens),
+                                           n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens,
+                                           set_max_size=1),  # the demo steers with sae_add, not a clamped set
                             sae_path=sae_dir), say)
     search_dir = out / "search"
     _stage(5, total, "search steering settings on train prompts (successive halving over SAE-denoised CAA "

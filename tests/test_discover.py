@@ -61,3 +61,62 @@ def test_discovery_writes_ranked_features_page_and_specs(tiny_discovery):
             assert data["probes"][name]["calibration_fpr"] <= 0.5
         else:
             assert name not in data["specs"]
+
+
+def test_candidates_come_from_every_ranking_and_carry_their_scores(tiny_discovery):
+    _lm, root, result = tiny_discovery
+    feats = result["features"]
+    assert {f["picked_by"] for f in feats} == {"activation", "attribution"}
+    for f in feats:
+        assert set(f["rank_by"]) == {"activation", "attribution", "caa_alignment", "diffmean_alignment"}
+        assert -1 <= f["caa_cos"] <= 1 and -1 <= f["diffmean_cos"] <= 1
+        assert f["rank_by"][f["picked_by"]] == 0  # each order's best latent is picked first
+    fs = result["feature_set"]
+    assert fs is not None and fs["features"][0] == feats[0]["feature"] and len(fs["features"]) <= 2
+    spec = SteeringSpec.load(root / "out" / "multi.yaml")
+    assert [e.feature for e in spec.interventions[0].features] == fs["features"]
+
+
+def test_round_robin_candidates_skip_repeats():
+    from saesteer.discover.attribution import pick_candidates
+
+    got = pick_candidates({"a": [5, 1, 2, 3], "b": [5, 7, 1, 8]}, 5)
+    assert got == {5: "a", 7: "b", 1: "a", 8: "b", 2: "a"}
+
+
+def test_unknown_ranking_is_a_clear_error():
+    from saesteer.errors import SaesteerError
+
+    with pytest.raises(SaesteerError, match="unknown latent ranking magic"):
+        DiscoverConfig(rank_by=("activation", "magic"))
+
+
+def test_attribution_matches_a_finite_difference():
+    """Adding eps to one latent's code at every token changes ±log p(reply) by about
+    eps x (sum of gradients over tokens); the attribution's gradient is that sum's mean."""
+    from saesteer.discover.attribution import reply_attribution
+    from saesteer.hooks import forward_hooks, hook_point, output_tensor, replace_output
+    from saesteer.sae import TopKSAE
+    from saesteer.steer.directions import _encode
+
+    torch.manual_seed(0)
+    lm = tiny_model("llama")
+    sae = TopKSAE.init(64, 128, 8, seed=2)
+    point = hook_point(lm.model, 1)
+    conv = [{"role": "user", "content": "how do I pick a lock"}, {"role": "assistant", "content": "I can't help with that."}]
+    got = reply_attribution(lm, sae, point, [conv], [1.0])
+    ids, mask = _encode(lm, conv, "response")
+    ids_t = torch.tensor([ids])
+
+    def logp(f: int, eps: float) -> float:
+        def hook(_m, _i, out):
+            return replace_output(out, output_tensor(out) + eps * sae.W_dec[f])
+        with torch.no_grad(), forward_hooks([(point.module, hook)]):
+            lp = torch.log_softmax(lm.model(input_ids=ids_t).logits[0, :-1].double(), -1)
+        tgt = ids_t[0, 1:]
+        return float(sum(lp[t, tgt[t]] for t in range(len(tgt)) if mask[t + 1]))
+
+    f = int(got["gradient"].abs().argmax())
+    eps = 1e-3
+    numeric = (logp(f, eps) - logp(f, -eps)) / (2 * eps) / len(ids)
+    assert numeric == pytest.approx(float(got["gradient"][f]), rel=0.05, abs=1e-4)

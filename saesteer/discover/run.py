@@ -8,11 +8,15 @@
    harmless prompts: the same scores, for detectors of conditional steering).
 3. For the top candidates: top-activating contexts and the output tokens each decoder row
    promotes and suppresses (through the unembedding).
+   Candidates come in turn from several orders (`attribution`): activation, reply attribution
+   (activation x gradient of the refusal reply's log-probability), and the decoder rows' cosine
+   with the CAA and DiffMean directions.
 4. Causal check: each candidate clamped at a few values on held-out harmful and harmless
-   prompts; ranked by refusal gained on harmful minus refusal gained on harmless prompts.
+   prompts; ranked by coherent refusal gained on harmful minus refusal gained on harmless prompts.
+5. A multi-feature set chosen by greedy forward selection on the same prompts (`combine`).
 
 Writes `features.json` (ranked, every score), `index.html`, and steering specs for the best
-feature (`clamp.yaml`) and its conditional version (`conditional.yaml`).
+feature (`clamp.yaml`), its conditional versions (`conditional*.yaml`) and the set (`multi.yaml`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.engine import check_sae_fits
 from saesteer.steer.probes import write_probe_specs
-from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode
+from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode, caa_direction, diff_of_means
+from saesteer.discover.attribution import check_rankings, decoder_alignment, pick_candidates, reply_attribution
+from saesteer.discover.combine import greedy_feature_set
+from saesteer.discover.page import render_features_page, top_contexts
+from saesteer.judge.coherence import COHERENCE_WORDS, check_coherence
 
 
 @dataclass
@@ -53,13 +61,20 @@ class DiscoverConfig:
     """Held-out prompts per class for the causal check."""
     max_new_tokens: int = 48
     """Length of the model's own answers used for ranking."""
-    n_candidates: int = 8
-    """Top-ranked latents that get contexts, logit effects and the causal check."""
+    n_candidates: int = 32
+    """Latents that get contexts, logit effects and the causal check, drawn in turn from each of
+    the `rank_by` orders."""
+    rank_by: tuple[str, ...] = ("activation", "attribution", "caa_alignment", "diffmean_alignment")
+    """Orders of latents the candidates come from (`discover.attribution.RANKINGS`)."""
     causal_multipliers: tuple[float, ...] = (2.0, 4.0)
     """Clamp values tried, as multiples of each latent's largest activation on refusal tokens."""
     causal_values: tuple[float, ...] = ()
     """Absolute clamp values (override the multipliers)."""
     causal_max_new_tokens: int = 32
+    set_max_size: int = 4
+    """Most latents in the multi-feature set (`multi.yaml`); 1 skips the selection."""
+    set_pool: int = 8
+    """Best checked latents the set is chosen from."""
     detector_fpr: float = 0.05
     """Target false-positive rate on harmless prompts for the conditional spec's threshold."""
     judge: str = "auto"
@@ -70,11 +85,13 @@ class DiscoverConfig:
     def __post_init__(self) -> None:
         from saesteer.steer.interventions import check_value
 
+        check_rankings(self.rank_by)
         if self.n_rank < 4 or self.n_candidates < 1:
             raise SaesteerError("discovery needs n_rank >= 4 and n_candidates >= 1")
         at_least(1, n_causal=self.n_causal, max_new_tokens=self.max_new_tokens,
                  causal_max_new_tokens=self.causal_max_new_tokens, batch_size=self.batch_size)
         at_least(0, n_contexts=self.n_contexts)
+        at_least(1, set_max_size=self.set_max_size, set_pool=self.set_pool)
         if not 0 <= self.detector_fpr < 1:
             raise SaesteerError(f"detector_fpr must be in [0, 1), got {self.detector_fpr}")
         for value in (*self.causal_values, *self.causal_multipliers):
@@ -133,8 +150,29 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor, chunk: int = 512) -> torch.Tenso
     return torch.cat(out)
 
 
-def _rate(judgements: list) -> float:
-    return sum(j.refusal for j in judgements) / max(1, len(judgements))
+def _effect_scores(lm: ChatModel, sae: Any, point: Any, responses: ResponseSet, harmful: list[str],
+                   harmless: list[str], config: DiscoverConfig, progress: bool) -> dict[str, torch.Tensor]:
+    """The scores of `config.rank_by` beyond activation: reply attribution and gradient, and the
+    decoder rows' cosine with CAA (refusal vs compliance replies) and DiffMean (harmful vs harmless
+    prompts, last token) at the SAE's layer."""
+    out: dict[str, torch.Tensor] = {}
+    if {"attribution", "gradient"} & set(config.rank_by):
+        signs = [1.0 if r else -1.0 for r in responses.refusal]
+        out.update(reply_attribution(lm, sae, point, responses.conversations, signs,
+                                     progress="attribution" if progress else False))
+    if "caa_alignment" in config.rank_by:
+        caa = caa_direction(lm, harmful[:16], [point.layer], batch_size=config.batch_size)[point.layer]
+        out["caa_cos"] = decoder_alignment(sae, caa)
+    if "diffmean_alignment" in config.rank_by:
+        dm = diff_of_means(lm, harmful, harmless, [point.layer], select="last", batch_size=config.batch_size)
+        out["diffmean_cos"] = decoder_alignment(sae, dm[point.layer])
+    return out
+
+
+def _rate(judgements: list, texts: list[str] | None = None) -> float:
+    """Share of refusals; with `texts`, only coherent ones count."""
+    ok = [check_coherence(t).coherent for t in texts] if texts is not None else [True] * len(judgements)
+    return sum(j.refusal and c for j, c in zip(judgements, ok)) / max(1, len(judgements))
 
 
 def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | None = None, *,
@@ -211,26 +249,33 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     nat = torch.tensor(responses.natural)
     if n_nat_ref >= 3 and n_nat_comp >= 3:
         scores["natural_refusal_auroc"] = auroc(r_max[refusal & nat], r_max[~refusal & nat])
-    # Rank: AUROC first (a latent that separates refusals from compliances), then the mean gap.
+    # Activation order: AUROC first (a latent that separates refusals from compliances), then the gap.
     key = scores["refusal_auroc"] + 1e-3 * torch.tanh(scores["refusal_mean_diff"])
     key = torch.where(scores["refusal_mean_diff"] > 0, key, key - 1.0)
-    order = key.argsort(descending=True)
-    candidates = order[:config.n_candidates].tolist()
+    scores.update(_effect_scores(lm, sae, point, responses, rank_harmful, rank_harmless, config, progress))
+    by = {"activation": key, "attribution": scores.get("attribution"), "gradient": scores.get("gradient"),
+          "caa_alignment": scores.get("caa_cos"), "diffmean_alignment": scores.get("diffmean_cos")}
+    orders = {name: by[name].argsort(descending=True).tolist() for name in config.rank_by}
+    picked = pick_candidates(orders, config.n_candidates)
+    candidates = list(picked)
+    say(f"[discover] {len(candidates)} candidates: " + ", ".join(
+        f"{sum(v == name for v in picked.values())} by {name}" for name in orders))
 
     # 3. Contexts and logit effects of the candidates.
     unembed = lm.model.get_output_embeddings().weight.detach().float()
     features: list[dict[str, Any]] = []
-    for rank, f in enumerate(candidates):
+    for f in candidates:
         direction = sae.W_dec.detach()[f].float().to(unembed.device)
         logits = unembed @ direction
         top, bottom = logits.topk(10).indices.tolist(), (-logits).topk(10).indices.tolist()
         features.append({
-            "feature": f, "rank_by_activation": rank,
+            "feature": f, "picked_by": picked[f],
+            "rank_by": {name: order.index(f) for name, order in orders.items()},
             **{name: float(v[f]) for name, v in scores.items()},
             "promoted_tokens": [lm.tokenizer.decode([t]) for t in top],
             "suppressed_tokens": [lm.tokenizer.decode([t]) for t in bottom],
         })
-    contexts = _top_contexts(lm, sae, point.layer, candidates, responses.conversations, r_max, r_tokens,
+    contexts = top_contexts(lm, sae, point.layer, candidates, responses.conversations, r_max, r_tokens,
                              config.n_contexts, config.batch_size)
     for feat in features:
         feat["contexts"] = contexts[feat["feature"]]
@@ -248,13 +293,16 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                desc="causal check", disable=not progress, leave=False)
 
     def refusal_rates(spec: SteeringSpec | None) -> tuple[float, float, list[str]]:
-        stop = judge_stopper(judge, causal_prompts)
+        stop = judge_stopper(judge, causal_prompts, min_words=COHERENCE_WORDS)
         with Steering(lm, spec, check_model=False).active() if spec is not None else _null():
             gens = generate(lm, causal_prompts, c_cfg, should_stop=stop, on_done=lambda _row, _gen: bar.update(1))
-        js = judge.judge(causal_prompts, [g.text for g in gens])
-        h = [j for j, m in zip(js, is_harmful) if m]
+        texts = [g.text for g in gens]
+        js = judge.judge(causal_prompts, texts)
+        h = [(j, t) for j, t, m in zip(js, texts, is_harmful) if m]
         s = [j for j, m in zip(js, is_harmful) if not m]
-        return _rate(h), _rate(s), [g.text for g in gens]
+        # Harmful prompts count only coherent refusals: a clamp that breaks the text has not made
+        # the model refuse. Harmless prompts count every refusal.
+        return _rate([j for j, _ in h], [t for _, t in h]), _rate(s), texts
 
     base_h, base_s, base_texts = refusal_rates(None)
     sae_ref = FileRef(str(Path(sae_path).resolve()) if sae_path else str(out / "sae"),
@@ -275,10 +323,22 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
         best = max(feat["causal"], key=lambda c: (c["score"], c["harmful_gain"]))
         feat["causal_score"], feat["best_value"] = best["score"], best["value"]
         feat["best_harmful_gain"] = max(c["harmful_gain"] for c in feat["causal"])
-    bar.close()
     features.sort(key=lambda f: (f["causal_score"], f["best_harmful_gain"]), reverse=True)
     for rank, feat in enumerate(features):
         feat["rank"] = rank
+
+    def set_rates(edits: list[FeatureEdit]) -> tuple[float, float]:
+        bar.total += len(causal_prompts)
+        spec = SteeringSpec(interventions=[InterventionSpec(hook=point.name, sae=sae_ref, features=edits)])
+        return refusal_rates(spec)[:2]
+
+    feature_set = None
+    if config.set_max_size > 1 and len(features) > 1:
+        say(f"[discover] greedy forward selection of up to {config.set_max_size} latents from the top "
+            f"{config.set_pool}")
+        feature_set = greedy_feature_set(features, set_rates, (base_h, base_s), pool=config.set_pool,
+                                         max_size=config.set_max_size)
+    bar.close()
 
     # Detector for conditional steering: the best prompt-side latent, threshold at the target FPR.
     detector_order = scores["prompt_auroc"].argsort(descending=True)[:5].tolist()
@@ -304,6 +364,13 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     clamp_spec.save(out / "clamp.yaml")
     conditional.save(out / "conditional.yaml")
     specs = {"clamp": "clamp.yaml", "conditional": "conditional.yaml"}
+    if feature_set is not None:
+        SteeringSpec(name="multi-" + "-".join(str(e.feature) for e in feature_set.edits),
+                     description="latents chosen together by greedy forward selection, clamped on every token",
+                     model=clamp_spec.model,
+                     interventions=[InterventionSpec(hook=point.name, sae=sae_ref, features=feature_set.edits)]
+                     ).save(out / "multi.yaml")
+        specs["multi"] = "multi.yaml"
     # Probe detectors, fitted on part of the ranking prompts, thresholds calibrated on the rest.
     probe_specs, probes = write_probe_specs(lm, out, clamp_spec, point.name, sae_ref, p_mean, harm,
                                             rank_harmful + rank_harmless, target_fpr=config.detector_fpr,
@@ -321,6 +388,7 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
                      "examples": [{"prompt": p, "response": t} for p, t in
                                   zip(causal_prompts[:2] + causal_prompts[-2:], base_texts[:2] + base_texts[-2:])]},
         "features": features, "detectors": detectors,
+        "feature_set": feature_set.to_json() if feature_set is not None else None,
         "probes": probes,
         # Which prompts the detectors were fitted on, by text hash: a search keeps them out of the
         # prompts it calibrates thresholds on and measures over-refusal with.
@@ -341,62 +409,3 @@ def _null():
     import contextlib
 
     return contextlib.nullcontext()
-
-
-def _top_contexts(lm: ChatModel, sae: Any, layer: int, features: list[int], conversations: list,
-                  r_max: torch.Tensor, kept: list[tuple[list[int], torch.Tensor]], n: int,
-                  batch_size: int) -> dict[int, list[dict]]:
-    """For each latent, the responses where it peaks, with per-token activations to highlight."""
-    out: dict[int, list[dict]] = {}
-    idx = torch.tensor(features)
-    model = base_model(lm.model)
-    for f in features:
-        best = r_max[:, f].argsort(descending=True)[:n].tolist()
-        out[f] = []
-        for i in best:
-            if r_max[i, f] <= 0:
-                continue
-            tokens, mask = kept[i]
-            ids = torch.tensor([tokens], device=lm.device)
-            with torch.inference_mode(), capture(model, [layer]) as acts:
-                run_until_stopped(lambda: model(input_ids=ids, use_cache=False))
-            z = sae.feature_acts(acts[layer][0].to(sae.W_dec.dtype), idx.to(lm.device))
-            col = features.index(f)
-            start = max(0, int(mask.nonzero()[0]) - 12) if mask.any() else 0
-            toks = [lm.tokenizer.decode([t]) for t in tokens[start:]]
-            out[f].append({"tokens": toks, "acts": [round(float(v), 3) for v in z[start:, col]],
-                           "max": float(r_max[i, f])})
-    return out
-
-
-def render_features_page(result: dict[str, Any]) -> str:
-    feats = result["features"]
-    rows = [[f["rank"], H.Raw(f"<a href='#f{f['feature']}'>{f['feature']}</a>"), f["causal_score"],
-             f["best_value"], f["best_harmful_gain"], f["refusal_auroc"], f["refusal_mean_diff"],
-             f["refusal_freq_diff"], f["prompt_auroc"]] for f in feats]
-    body = [f"<h1>Refusal features — {H.esc(result['model']['name'])}, {H.esc(result['sae']['hook'])}</h1>",
-            f"<p class='muted'>SAE {H.esc(result['sae']['path'])} ({result['sae']['d_sae']} latents). "
-            f"The model refused {result['responses']['natural_refusals']} of {result['responses']['harmful_prompts']} "
-            f"harmful prompts on its own. Baseline refusal on held-out prompts: harmful "
-            f"{result['baseline']['harmful_refusal']:.0%}, harmless {result['baseline']['harmless_refusal']:.0%}. "
-            f"Took {result['seconds']:.0f} s.</p>",
-            "<h2>Ranking (causal check)</h2>",
-            H.table(["rank", "feature", "causal score", "clamp", "harmful gain", "refusal AUROC",
-                     "mean diff", "freq diff", "prompt AUROC"], rows),
-            "<p class='muted'>causal score = refusal gained on harmful minus refusal gained on harmless held-out "
-            "prompts, at the best clamp value tried.</p>",
-            "<h2>Detector candidates (harmful vs harmless prompts)</h2>",
-            H.table(["feature", "prompt AUROC", "mean diff"],
-                    [[d["feature"], d["prompt_auroc"], d["prompt_mean_diff"]] for d in result["detectors"]])]
-    for f in feats:
-        causal = H.table(["clamp", "harmful refusal", "harmless refusal", "score"],
-                         [[c["value"], c["harmful_refusal"], c["harmless_refusal"], c["score"]] for c in f["causal"]])
-        ctx = "".join(f"<div class='ctx'>{H.highlight(c['tokens'], c['acts'])}</div>" for c in f["contexts"])
-        examples = "".join(f"<div class='ctx'><b>{H.esc(e['prompt'])}</b>\n{H.esc(e['response'])}</div>"
-                           for e in max(f["causal"], key=lambda c: c["score"])["examples"])
-        body.append(f"<div class='card' id='f{f['feature']}'><h3>Feature {f['feature']}</h3>"
-                    f"<p>promotes: <code>{H.esc(' | '.join(f['promoted_tokens']))}</code><br>"
-                    f"suppresses: <code>{H.esc(' | '.join(f['suppressed_tokens']))}</code></p>"
-                    f"{causal}<h4>Top activating responses</h4>{ctx}"
-                    f"<h4>Steered examples (best clamp)</h4>{examples}</div>")
-    return H.page("saesteer: refusal features", "".join(body))
