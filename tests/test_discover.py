@@ -120,3 +120,25 @@ def test_attribution_matches_a_finite_difference():
     eps = 1e-3
     numeric = (logp(f, eps) - logp(f, -eps)) / (2 * eps) / len(ids)
     assert numeric == pytest.approx(float(got["gradient"][f]), rel=0.05, abs=1e-4)
+
+
+def test_greedy_set_adds_latents_while_the_score_rises():
+    from saesteer.discover.combine import greedy_feature_set
+
+    def cand(f, score):
+        return {"feature": f, "best_value": 1.0, "causal_score": score,
+                "causal": [{"value": 1.0, "harmful_refusal": score, "harmless_refusal": 0.0}]}
+
+    gain = {1: 0.3, 2: 0.2, 3: -0.1, 4: 0.05}   # what each latent adds on top of the others
+
+    def rates(edits):
+        return sum(gain[e.feature] for e in edits), 0.0
+
+    calls = []
+    got = greedy_feature_set([cand(1, 0.3), cand(2, 0.2), cand(3, 0.1), cand(4, 0.0)],
+                             lambda e: calls.append(len(e)) or rates(e), (0.0, 0.0), pool=4, max_size=4)
+    assert [e.feature for e in got.edits] == [1, 2, 4] and got.score == pytest.approx(0.55)
+    assert calls == [2, 2, 2, 3, 3, 4]          # 3 tries, then 2, then 1 (latent 3 only lowers it)
+    assert [t["add"] for t in got.steps[0]["tried"]] == [2, 3, 4]
+    single = greedy_feature_set([cand(1, 0.3), cand(3, 0.1)], rates, (0.0, 0.0), pool=4, max_size=4)
+    assert [e.feature for e in single.edits] == [1] and len(single.steps) == 1
