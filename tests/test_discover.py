@@ -142,3 +142,11 @@ def test_greedy_set_adds_latents_while_the_score_rises():
     assert [t["add"] for t in got.steps[0]["tried"]] == [2, 3, 4]
     single = greedy_feature_set([cand(1, 0.3), cand(3, 0.1)], rates, (0.0, 0.0), pool=4, max_size=4)
     assert [e.feature for e in single.edits] == [1] and len(single.steps) == 1
+
+
+def test_clamp_values_of_latents_silent_on_refusals_come_from_where_they_do_fire():
+    from saesteer.discover.run import _clamp_scale
+
+    assert _clamp_scale({"refusal_max_act": 7.0, "max_act": 9.0}, 3.0) == 7.0
+    assert _clamp_scale({"refusal_max_act": 0.0, "max_act": 9.0}, 3.0) == 9.0   # picked by alignment
+    assert _clamp_scale({"refusal_max_act": 0.0, "max_act": 0.0}, 3.0) == 3.0   # never fires

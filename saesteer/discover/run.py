@@ -169,6 +169,16 @@ def _effect_scores(lm: ChatModel, sae: Any, point: Any, responses: ResponseSet, 
     return out
 
 
+def _clamp_scale(feat: dict[str, Any], typical: float) -> float:
+    """What the causal multipliers multiply: the latent's largest activation on refusal tokens; for
+    a latent picked by attribution or alignment that never fires there, its largest activation on
+    any response or prompt token; for one that never fires at all, a typical latent's."""
+    for key in ("refusal_max_act", "max_act"):
+        if feat[key] > 1e-3:
+            return feat[key]
+    return typical
+
+
 def _rate(judgements: list, texts: list[str] | None = None) -> float:
     """Share of refusals; with `texts`, only coherent ones count."""
     ok = [check_coherence(t).coherent for t in texts] if texts is not None else [True] * len(judgements)
@@ -241,6 +251,7 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
         "refusal_mean_diff": r_mean[refusal].mean(0) - r_mean[~refusal].mean(0),
         "refusal_freq_diff": r_freq[refusal].mean(0) - r_freq[~refusal].mean(0),
         "refusal_max_act": r_max[refusal].max(0).values,
+        "max_act": torch.maximum(r_max.max(0).values, p_max.max(0).values),
         "refusals_active_2plus": ((r_freq[refusal] * torch.tensor(
             [float(m.sum()) for (_, m), r in zip(r_tokens, responses.refusal) if r])[:, None]) >= 2).sum(0).float(),
         "prompt_auroc": auroc(p_max[harm], p_max[~harm]),
@@ -305,10 +316,12 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
         return _rate([j for j, _ in h], [t for _, t in h]), _rate(s), texts
 
     base_h, base_s, base_texts = refusal_rates(None)
+    active = scores["max_act"][scores["max_act"] > 0]
+    typical_act = float(active.median()) if len(active) else 1.0
     sae_ref = FileRef(str(Path(sae_path).resolve()) if sae_path else str(out / "sae"),
                       sae.content_hash() if hasattr(sae, "content_hash") else None)
     for feat in features:
-        values = list(config.causal_values) or [round(m * max(feat["refusal_max_act"], 1e-3), 3)
+        values = list(config.causal_values) or [round(m * _clamp_scale(feat, typical_act), 3)
                                                 for m in config.causal_multipliers]
         feat["causal"] = []
         for value in values:
