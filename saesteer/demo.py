@@ -173,6 +173,9 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
                             DiscoverConfig(harmful=config.harmful_train, harmless=config.harmless_train,
                                            n_rank=config.n_rank, n_causal=config.n_causal,
                                            n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens,
+                                           # CAA alignment found the best latents on public prompts (RESULTS);
+                                           # attribution costs a backward pass per reply for little here.
+                                           rank_by=("activation", "caa_alignment"),
                                            set_max_size=1),  # the demo steers with sae_add, not a clamped set
                             sae_path=sae_dir), say)
     search_dir = out / "search"
