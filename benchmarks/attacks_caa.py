@@ -55,6 +55,7 @@ def main() -> None:
                          "only (default: every steered condition; '' for none)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--plot", type=Path, help="PNG: attack success per family for every condition, with 95%% intervals")
     args = ap.parse_args()
 
     from saesteer.attacks.single_turn import AttackEvalConfig, evaluate_attacks
@@ -78,6 +79,39 @@ def main() -> None:
             cfg.attacks, cfg.positions, cfg.benign = "prefill,prefill_steps", "prompt,generated", None
             summaries[f"{name} prefill"] = evaluate_attacks(lm, out / f"{name}_prefill_positions", cfg, spec)
     print_table(summaries)
+    if args.plot:
+        plot_families(summaries, args.plot)
+
+
+def plot_families(summaries: dict, path: Path) -> None:
+    """One panel per condition: plain-request refusal, over-refusal, and attack success per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from saesteer.files import atomic_path
+
+    runs = {k: v for k, v in summaries.items() if not k.endswith(" prefill")}
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.6), sharey=True, squeeze=False)
+    for ax, (name, s) in zip(axes[0], runs.items()):
+        bars = [("refusal\n(plain)", s["plain"]["refusal"], "tab:green")]
+        if "over_refusal" in s:
+            bars.append(("over-refusal\n(safe)", s["over_refusal"], "tab:red"))
+        bars += [(fam, f["asr"], "tab:blue") for fam, f in s["families"].items()]
+        bars.append(("all attacks", s["overall"]["asr"], "tab:purple"))
+        xs = range(len(bars))
+        rates = [b[1]["rate"] for b in bars]
+        err = [[r - b[1]["ci95"][0] for r, b in zip(rates, bars)], [b[1]["ci95"][1] - r for r, b in zip(rates, bars)]]
+        ax.bar(xs, rates, yerr=err, color=[b[2] for b in bars], capsize=2)
+        ax.set_xticks(list(xs), [b[0] for b in bars], rotation=60, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("share of prompts (attack success in blue)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def _cell(s: dict) -> str:
