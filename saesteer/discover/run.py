@@ -6,11 +6,10 @@
 2. Every latent is scored on response tokens (refusal vs compliance: mean difference, firing
    frequency difference, AUROC of the per-response max) and on prompt tokens (harmful vs
    harmless prompts: the same scores, for detectors of conditional steering).
-3. For the top candidates: top-activating contexts and the output tokens each decoder row
-   promotes and suppresses (through the unembedding).
-   Candidates come in turn from several orders (`attribution`): activation, reply attribution
+3. Candidates come in turn from several orders (`attribution`): activation, reply attribution
    (activation x gradient of the refusal reply's log-probability), and the decoder rows' cosine
-   with the CAA and DiffMean directions.
+   with the CAA and DiffMean directions. For each: top-activating contexts and the output tokens
+   its decoder row promotes and suppresses (through the unembedding).
 4. Causal check: each candidate clamped at a few values on held-out harmful and harmless
    prompts; ranked by coherent refusal gained on harmful minus refusal gained on harmless prompts.
 5. A multi-feature set chosen by greedy forward selection on the same prompts (`combine`).
@@ -31,7 +30,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from saesteer import html as H
 from saesteer.data import load_records
 from saesteer.errors import SaesteerError, at_least
 from saesteer.files import ensure_dir, write_json, write_text
