@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from saesteer.errors import SaesteerError
 from saesteer.hooks import HookPoint, forward_hooks, output_tensor, replace_output
 from saesteer.models import ChatModel
-from saesteer.steer.directions import _encode
+from saesteer.steer.directions import _encode, left_padded
 
 RANKINGS = ("activation", "attribution", "gradient", "caa_alignment", "diffmean_alignment")
 """Orders discovery can draw causal-check candidates from (`DiscoverConfig.rank_by`)."""
@@ -47,7 +47,6 @@ def reply_attribution(lm: ChatModel, sae: Any, point: HookPoint, conversations: 
     if len(conversations) != len(signs) or not conversations:
         raise SaesteerError("reply attribution needs one sign per conversation and at least one conversation")
     model = lm.model
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     encoded = [_encode(lm, conv, "response") for conv in conversations]
     attribution = torch.zeros(sae.d_sae)
     gradient = torch.zeros(sae.d_sae)
@@ -66,16 +65,7 @@ def reply_attribution(lm: ChatModel, sae: Any, point: HookPoint, conversations: 
                unit="reply", disable=not progress, leave=False)
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        reply = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, (tokens, mask) in enumerate(chunk):
-            ids[i, width - len(tokens):] = torch.tensor(tokens)
-            attn[i, width - len(tokens):] = 1
-            reply[i, width - len(tokens):] = torch.tensor(mask)
-        ids, attn, reply = ids.to(lm.device), attn.to(lm.device), reply.to(lm.device)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        ids, attn, reply, positions = left_padded(chunk, lm.tokenizer.pad_token_id, lm.device)
         sign = torch.tensor(list(signs[start:start + batch_size]), dtype=torch.float32, device=lm.device)
         with torch.enable_grad(), forward_hooks([(point.module, splice)]):
             logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).logits

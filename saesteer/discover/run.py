@@ -41,7 +41,7 @@ from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.engine import check_sae_fits
 from saesteer.steer.probes import write_probe_specs
-from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode, caa_direction, diff_of_means
+from saesteer.steer.directions import COMPLIANCE_REPLIES, REFUSAL_REPLIES, _encode, caa_direction, diff_of_means, left_padded
 from saesteer.discover.attribution import check_rankings, decoder_alignment, pick_candidates, reply_attribution
 from saesteer.discover.combine import greedy_feature_set
 from saesteer.discover.page import render_features_page, top_contexts
@@ -112,17 +112,8 @@ def _pooled_codes(lm: ChatModel, sae: Any, layer: int, items: list, select: str,
     encoded = [_encode(lm, it, select) for it in items]  # type: ignore[arg-type]
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        sel = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, (tokens, mask) in enumerate(chunk):
-            ids[i, width - len(tokens):] = torch.tensor(tokens)
-            attn[i, width - len(tokens):] = 1
-            sel[i, width - len(tokens):] = torch.tensor(mask)
-            kept.append((tokens, torch.tensor(mask)))
-        ids, attn = ids.to(lm.device), attn.to(lm.device)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        kept += [(tokens, torch.tensor(mask)) for tokens, mask in chunk]
+        ids, attn, sel, positions = left_padded(chunk, lm.tokenizer.pad_token_id, lm.device)
         info = ForwardInfo(roles=attn * CONTENT, rows=torch.arange(len(chunk), device=lm.device), prefill=True)
         with torch.inference_mode(), forward_context(info), capture(model, [layer]) as acts:
             run_until_stopped(lambda: model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False))

@@ -46,6 +46,22 @@ def _encode(lm: ChatModel, item: PromptLike, select: Select) -> tuple[list[int],
     return ids, [r == CONTENT for r in roles]
 
 
+def left_padded(chunk: Sequence[tuple[list[int], list[bool]]], pad_id: int | None,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of `_encode` outputs, left-padded: token ids, attention mask, the selected
+    positions and position ids (each [batch, width], on `device`)."""
+    width = max(len(ids) for ids, _ in chunk)
+    ids = torch.full((len(chunk), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    sel = torch.zeros((len(chunk), width), dtype=torch.bool)
+    for i, (tokens, mask) in enumerate(chunk):
+        ids[i, width - len(tokens):] = torch.tensor(tokens)
+        attn[i, width - len(tokens):] = 1
+        sel[i, width - len(tokens):] = torch.tensor(mask)
+    ids, attn, sel = ids.to(device), attn.to(device), sel.to(device)
+    return ids, attn, sel, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.inference_mode()
 def mean_residuals(lm: ChatModel, items: Sequence[PromptLike], layers: Sequence[int | str], *,
                    select: Select = "last", batch_size: int = 8, progress: bool | str = False,
@@ -60,18 +76,9 @@ def mean_residuals(lm: ChatModel, items: Sequence[PromptLike], layers: Sequence[
                leave=False)
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        sel = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, (tokens, mask) in enumerate(chunk):
-            ids[i, width - len(tokens):] = torch.tensor(tokens)
-            attn[i, width - len(tokens):] = 1
-            sel[i, width - len(tokens):] = torch.tensor(mask)
+        ids, attn, sel, positions = left_padded(chunk, lm.tokenizer.pad_token_id, lm.device)
         if not sel.any(dim=1).all():
             raise SaesteerError("an input has no positions to read (empty prompt or reply?)")
-        ids, attn, sel = ids.to(lm.device), attn.to(lm.device), sel.to(lm.device)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
         info = ForwardInfo(roles=attn * CONTENT, rows=torch.arange(len(chunk), device=lm.device), prefill=True)
         with forward_context(info), capture(model, [p.layer for p in points]) as acts:
             run_until_stopped(lambda: model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False))
