@@ -264,6 +264,8 @@ CASES = [
     ("discover", "--values nan", DISCOVER + ["--values", "nan"], "causal clamp value must be a finite number"),
     ("discover", "--values 1e30", DISCOVER + ["--values", "1e30"], "is out of range"),
     ("discover", "--n-causal -1", DISCOVER + ["--n-causal", "-1"], "n_causal must be at least 1, got -1"),
+    ("discover", "--rank-by magic", DISCOVER + ["--rank-by", "activation,magic"], "unknown latent ranking magic"),
+    ("discover", "--set-size 0", DISCOVER + ["--set-size", "0"], "set_max_size must be at least 1, got 0"),
     ("discover", "prompts not UTF-8", DISCOVER + ["--harmful", "{w}/latin1.jsonl"], "latin1.jsonl is not UTF-8 text"),
     # eval refusal: datasets, numbers, damaged earlier runs
     ("eval refusal", "jsonl not UTF-8", REFUSAL + ["--dataset", "{w}/latin1.jsonl"], "latin1.jsonl is not UTF-8 text"),
