@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--value", type=float, default=1.5)
+    ap.add_argument("--no-caa", action="store_true", help="only the unsteered model and the --spec conditions")
     ap.add_argument("--spec", action="append", default=[], help="NAME=FILE: another steering spec")
     ap.add_argument("--positions-for", default=None,
                     help="comma-separated conditions whose prefilling also runs steered on prompt / generated tokens "
@@ -64,7 +65,9 @@ def main() -> None:
 
     out = ensure_dir(args.out)
     lm = load_model(args.model)
-    conditions = {"none": None, f"caa{args.value:g}": caa_spec(lm, out, args.layer, args.value)}
+    conditions = {"none": None}
+    if not args.no_caa:
+        conditions[f"caa{args.value:g}"] = caa_spec(lm, out, args.layer, args.value)
     conditions.update(dict(item.split("=", 1) for item in args.spec))
     summaries = {}
     for name, spec in conditions.items():
