@@ -209,11 +209,14 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
 
 def _search(lm: Any, config: DemoConfig, discovery: Path, out: Path, say: Callable[[str], None]) -> None:
     from saesteer.search import CandidateGrid, Objective, SearchConfig, run_search
+    from saesteer.search.gates import GATE_FILES
 
+    # On the fast demo's few prompts a probe can fail to fit; search the gates discovery wrote.
+    gates = ("none", *(g for g in ("sae_probe", "probe") if (discovery / GATE_FILES[g]).exists()))
     cfg = SearchConfig(discovery=str(discovery),
                        grid=CandidateGrid(methods=config.search_methods, strengths=config.search_strengths,
                                           n_latents=config.search_latents),
-                       gates=("none", "sae_probe", "probe"), objective=Objective(max_over_refusal=config.max_over_refusal),
+                       gates=gates, objective=Objective(max_over_refusal=config.max_over_refusal),
                        unsafe=config.search_unsafe, safe=config.search_safe, calibration=config.search_calibration,
                        capability="bundled:mc", rungs=config.search_rungs, max_new_tokens=config.eval_tokens)
     result = run_search(lm, out, cfg, allow_unmet=True, say=say)
