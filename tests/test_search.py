@@ -128,6 +128,26 @@ def test_search_writes_a_loadable_best_spec_and_resumes_without_answering_again(
     assert (out / "points.jsonl").exists()
 
 
+def test_sae_ts_candidates_are_loadable_vector_specs_and_reuse_their_fitted_approximator(tmp_path, monkeypatch):
+    lm = tiny_model("llama", layers=4, d=64)
+    disc, prompts = _discovery(tmp_path)
+    grid = CandidateGrid(methods=("sae_ts",), strengths=(1.0,), n_latents=(4,), ts_vectors=8, ts_new_tokens=3,
+                         ts_scale=300.0)   # the tiny model's CAA norm changes no token
+    config = _config(disc, prompts, grid=grid, gates=("none",), rungs=(2,))
+    result = run_search(lm, tmp_path / "s", config, say=lambda _: None)
+    assert result["best"]["method"] == "sae_ts"
+    spec = SteeringSpec.load(tmp_path / "s" / "specs" / "sae_ts-4-1.yaml")
+    Steering(lm, spec)
+    assert (tmp_path / "s" / "specs" / "sae_ts_approximator_8.safetensors").exists()
+
+    import saesteer.steer.sae_targeted as ts
+
+    monkeypatch.setattr(ts, "measure_effects", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))
+    assert run_search(lm, tmp_path / "s", config, say=lambda _: None)["best"] == result["best"]
+    with pytest.raises(SaesteerError, match="--ts-vectors"):
+        CandidateGrid(ts_vectors=2)
+
+
 def test_a_search_killed_mid_rung_continues_from_its_last_answer(tmp_path):
     lm = tiny_model("llama", layers=4, d=64)
     disc, prompts = _discovery(tmp_path)

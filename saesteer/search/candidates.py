@@ -3,6 +3,9 @@
 - `sae_add`: CAA denoised through the SAE (`steer.sae_vectors`): the top-n refusal latents,
   each added with its code difference as weight, at a strength relative to CAA's norm.
 - `sae_clamp`: discovery's best latents clamped on every token (the paper's method).
+- `sae_ts`: SAE-targeted steering (`steer.sae_targeted`): the direction an effect approximator,
+  fitted on steered answers read through the SAE, predicts will raise the same top-n refusal
+  latents, less the generic effect of steering; at a strength relative to CAA's norm.
 - `caa`: the dense baseline, contrastive activation addition at the SAE's layer.
 """
 
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saesteer.errors import SaesteerError
 from saesteer.files import ensure_dir, read_json
 from saesteer.models import ChatModel
@@ -19,8 +24,8 @@ from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
 from saesteer.steer.directions import save_vectors
 from saesteer.steer.sae_vectors import LatentContrast, denoised_edits
 
-METHODS = ("sae_add", "sae_clamp", "caa")
-SAE_METHODS = ("sae_add", "sae_clamp")
+METHODS = ("sae_add", "sae_clamp", "sae_ts", "caa")
+SAE_METHODS = ("sae_add", "sae_clamp", "sae_ts")
 
 
 @dataclass
@@ -83,12 +88,23 @@ class Discovery:
 class CandidateGrid:
     methods: tuple[str, ...] = METHODS
     strengths: tuple[float, ...] = (0.75, 1.0, 1.25)
-    """sae_add and caa: multiples of the CAA vector's norm."""
+    """sae_add, sae_ts and caa: multiples of the CAA vector's norm."""
     n_latents: tuple[int, ...] = (16, 32, 64)
+    """sae_add and sae_ts: how many of the top refusal latents to add / target."""
     clamp_features: int = 2
     clamp_multipliers: tuple[float, ...] = (1.0,)
+    ts_vectors: int = 256
+    """sae_ts: probe vectors (SAE decoder rows) whose steered answers fit the effect approximator."""
+    ts_prompts: int = 8
+    """sae_ts: prompts (both labels, evenly spread over the contrast prompts) each probe vector answers."""
+    ts_scale: float = 1.0
+    """sae_ts: norm of the probe vectors, as a multiple of CAA's norm."""
+    ts_new_tokens: int = 16
 
     def __post_init__(self) -> None:
+        if self.ts_vectors < 8:
+            raise SaesteerError(f"--ts-vectors must be at least 8 (the effect approximator is fitted on them), "
+                                f"got {self.ts_vectors}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise SaesteerError(f"unknown search method(s) {', '.join(unknown) or '(none given)'}; "
@@ -96,8 +112,9 @@ class CandidateGrid:
 
 
 def build_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentContrast, grid: CandidateGrid,
-                     out: Path) -> list[Candidate]:
-    """One ungated spec per grid point, saved under `out` (paths relative to it)."""
+                     out: Path, prompts: list[str] | None = None, say=print) -> list[Candidate]:
+    """One ungated spec per grid point, saved under `out` (paths relative to it). `prompts`
+    (chat prompts of both labels) are what sae_ts measures steering effects on."""
     out = ensure_dir(out)
     model = {"id": lm.model_id, "revision": lm.revision}
     found: list[Candidate] = []
@@ -118,6 +135,8 @@ def build_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentC
                                                       features=[FeatureEdit(int(f["feature"]), "clamp", value)])],
                                     name=f"sae_clamp-{f['feature']}-{value:g}", model=model)
                 found.append(Candidate(spec.name, "sae_clamp", value, spec, [int(f["feature"])]))
+    if "sae_ts" in grid.methods:
+        found += _sae_ts_candidates(lm, sae, discovery, contrast, grid, out, prompts or [], model, say)
     if "caa" in grid.methods:
         vectors = out / "caa.safetensors"
         if not vectors.exists():
@@ -129,4 +148,39 @@ def build_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentC
     for c in found:
         c.spec = c.spec.with_paths(out)
         c.spec.save(out / f"{c.name}.yaml")
+    return found
+
+
+def _sae_ts_candidates(lm: ChatModel, sae, discovery: Discovery, contrast: LatentContrast, grid: CandidateGrid,
+                       out: Path, prompts: list[str], model: dict, say) -> list[Candidate]:
+    from saesteer.steer.sae_targeted import EffectApproximator, fit_approximator
+
+    if not prompts:
+        raise SaesteerError("sae_ts needs prompts to measure steering effects on")
+    step = max(1, len(prompts) // grid.ts_prompts)
+    prompts = prompts[::step][:grid.ts_prompts]
+    caa_norm = float(contrast.caa.norm())
+    path = out / f"sae_ts_approximator_{grid.ts_vectors}.safetensors"
+    approx = EffectApproximator.load(path) if path.exists() else fit_approximator(
+        lm, sae, discovery.hook, prompts, n_vectors=grid.ts_vectors, scale=caa_norm * grid.ts_scale, path=path,
+        max_new_tokens=grid.ts_new_tokens, say=say)
+    file = out / "sae_ts.safetensors"
+    vectors, found = {}, []
+    for n in grid.n_latents:
+        latents = contrast.top_latents(n)
+        if not latents:
+            raise SaesteerError("no SAE latent fires more on refusal replies than on compliance replies; "
+                                "sae_ts has nothing to target")
+        target = torch.zeros_like(contrast.difference)
+        target[latents] = contrast.difference[latents]
+        vectors[f"sae_ts_{n}"] = approx.targeted(target) * caa_norm
+        for s in grid.strengths:
+            add = InterventionSpec(hook=discovery.hook, vector=FileRef(str(file.resolve()), key=f"sae_ts_{n}"),
+                                   op="add", value=s)
+            spec = SteeringSpec([add], name=f"sae_ts-{n}-{s:g}", model=model,
+                                description=f"SAE-targeted steering: the direction predicted to raise the top "
+                                            f"{len(latents)} refusal latents (effect approximator held-out R² "
+                                            f"{approx.r2_heldout:.2f}), {s:g}x CAA's norm")
+            found.append(Candidate(spec.name, "sae_ts", s, spec, latents))
+    save_vectors(file, vectors, {"hook": discovery.hook, "r2_heldout": f"{approx.r2_heldout:.4f}"})
     return found

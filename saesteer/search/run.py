@@ -204,7 +204,7 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
         write_json(previous, settings)
     contrast_prompts = [r.text for r in (unsafe[:config.contrast_prompts // 2] + safe[:config.contrast_prompts // 2])]
     contrast = latent_contrast(lm, sae, discovery.hook, contrast_prompts, progress="SAE refusal contrast")
-    candidates = build_candidates(lm, sae, discovery, contrast, config.grid, out / "specs")
+    candidates = build_candidates(lm, sae, discovery, contrast, config.grid, out / "specs", contrast_prompts, say)
     top = config.rungs[-1]
     pool = {r.id: r for r in unsafe[:top] + safe[:top]}
     calibration = [r.prompt for r in load_records(config.calibration, limit=config.calibration_limit, seed=config.seed)

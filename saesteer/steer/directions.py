@@ -68,11 +68,20 @@ def mean_residuals(lm: ChatModel, items: Sequence[PromptLike], layers: Sequence[
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """Per item, the mean residual over the selected positions: {layer: [n_items, d_model]}.
     With `transform` (an SAE's `encode`), each token's residual is transformed before averaging."""
+    return mean_residuals_of_ids(lm, [_encode(lm, it, select) for it in items], layers, batch_size=batch_size,
+                                 progress=progress, transform=transform)
+
+
+@torch.inference_mode()
+def mean_residuals_of_ids(lm: ChatModel, encoded: Sequence[tuple[list[int], list[bool]]], layers: Sequence[int | str],
+                          *, batch_size: int = 8, progress: bool | str = False,
+                          transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """`mean_residuals` of token ids given with the mask of positions to average (e.g. a
+    generated answer's own tokens, read again without re-tokenising its text)."""
     points = [hook_point(lm.model, w) for w in layers]
     model = base_model(lm.model)
     out: dict[int, list[torch.Tensor]] = {p.layer: [] for p in points}
-    encoded = [_encode(lm, it, select) for it in items]
-    bar = tqdm(total=len(items), disable=not progress, desc=progress if isinstance(progress, str) else "residuals",
+    bar = tqdm(total=len(encoded), disable=not progress, desc=progress if isinstance(progress, str) else "residuals",
                leave=False)
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
