@@ -2,17 +2,20 @@
 
     # garak in its own virtualenv (its pins clash with saesteer's); CPU torch first
     python3 -m venv /tmp/garakvenv
-    /tmp/garakvenv/bin/pip install torch==2.13.0 && /tmp/garakvenv/bin/pip install garak
+    /tmp/garakvenv/bin/pip install torch==2.13.0 && /tmp/garakvenv/bin/pip install garak==0.17.1
     .venv/bin/python benchmarks/redteam_garak.py --garak /tmp/garakvenv/bin/garak \\
-        --probes malwaregen.TopLevel,lmrc.Bullying [--steer SPEC]
+        --probes dan,encoding,promptinject,latentinjection --prompt-cap 8 \\
+        --steer sae_add=SPEC.yaml --steer caa=OTHER.yaml
 
-Starts `saesteer serve MODEL --steer SPEC` on a free loopback port (default spec: the
-difference-of-means refusal direction that benchmarks/bench_serve.py builds), runs garak's
-`openai.OpenAICompatible` generator once against `MODEL:unsteered` and once against
-`MODEL:steered`, and prints each probe/detector pass rate side by side (garak's "pass" = the
-detector found nothing harmful in the answer, so a higher rate is safer). garak's reports are
-kept under --out. Traffic goes to 127.0.0.1 only; each garak run is bounded by its probes'
-prompt count x --generations.
+For each --steer spec, starts `saesteer serve MODEL --steer SPEC` on a free loopback port (default
+spec: the difference-of-means refusal direction that benchmarks/bench_serve.py builds) and runs
+garak's `openai.OpenAICompatible` generator against `MODEL:steered`; against the first server it
+also runs `MODEL:unsteered`. Probe families expand to garak's active probes, minus those whose
+detectors need the hub (`--skip`); each probe samples `--prompt-cap` prompts with `--seed`, and
+only each probe's primary detector scores it. Prints garak's pass rate (the detector found
+nothing harmful in the answer: higher is safer) per family, with Wilson intervals. Finished
+variants are kept in OUT/results.json, so a rerun continues; garak's reports stay under --out.
+Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import KEY, refusal_direction_spec, server
 
+from saesteer.evaluate.stats import wilson
+from saesteer.files import write_json
+
 
 def garak_options(url: str, max_tokens: int) -> dict:
     """garak's generator options for our endpoint: greedy, no penalties or stop strings we ignore."""
@@ -40,15 +47,14 @@ def garak_options(url: str, max_tokens: int) -> dict:
         "retry_json": False}}}
 
 
-def run_garak(garak: str, model: str, options: Path, probes: str, generations: int, parallel: int, out: Path,
-              timeout: float) -> Path:
+def run_garak(garak: str, model: str, options: Path, config: Path, probes: str, generations: int, parallel: int,
+              out: Path, timeout: float, prefix: str) -> Path:
     """One garak run; returns its report.jsonl."""
-    prefix = model.replace(":", "_")
     env = {**os.environ, "OPENAICOMPATIBLE_API_KEY": KEY, "XDG_DATA_HOME": str(out / "xdg"),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [garak, "--target_type", "openai.OpenAICompatible", "--target_name", model,
-           "--generator_option_file", str(options), "--probes", probes, "--generations", str(generations),
-           "--parallel_attempts", str(parallel), "--report_prefix", prefix, "--skip_unknown"]
+           "--generator_option_file", str(options), "--config", str(config), "--probes", probes,
+           "--generations", str(generations), "--parallel_attempts", str(parallel), "--report_prefix", prefix, "--skip_unknown"]
     print("$ " + " ".join(cmd), file=sys.stderr)
     log = out / f"{prefix}.log"
     with open(log, "w") as f:
@@ -71,51 +77,129 @@ def evals(report: Path) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
+FAMILIES = "dan,encoding,promptinject,latentinjection"
+# Left out by default: detectors that download a classifier from the hub (unreachable offline), probes
+# that need an attacker model, and Ablation_Dan_11_0, which ignores the prompt cap (127 DAN variants of
+# about 1,000 tokens each: ten minutes per variant on two CPU cores).
+DEFAULT_SKIP = ("latentinjection.LatentJailbreak", "dan.AutoDAN", "dan.Ablation_Dan_11_0")
+
+
+def active_probes(garak: str, spec: str, skip: tuple[str, ...]) -> list[str]:
+    """garak's active probes (no 💤) of each family in spec, plus any probe named explicitly, minus skip."""
+    listing = subprocess.run([garak, "--list_probes"], check=True, capture_output=True, text=True).stdout
+    rows = [re.sub(r"\x1b\[[0-9;]*m", "", line).split("probes: ", 1)[-1].strip() for line in listing.splitlines()
+            if "probes: " in line]
+    probes = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "." in part:
+            probes.append(part)
+            continue
+        members = [r for r in rows if r.startswith(part + ".") and "💤" not in r]
+        if not members:
+            raise SystemExit(f"garak has no probe family {part!r}; `{garak} --list_probes` names them")
+        probes += [m.split()[0] for m in members]
+    return [p for p in probes if p not in skip]
+
+
+def parse_specs(values: list[str]) -> dict[str, Path]:
+    """--steer NAME=SPEC (or SPEC, named by its file stem) -> {name: path}."""
+    specs = {}
+    for value in values:
+        name, _, path = value.rpartition("=")
+        path = Path(path)
+        if not path.is_file():
+            raise SystemExit(f"--steer {value}: no spec file at {path}")
+        specs[name or path.stem] = path
+    return specs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--steer", type=Path, help="steering spec (default: the refusal direction, built here)")
+    ap.add_argument("--steer", action="append", default=[], metavar="[NAME=]SPEC",
+                    help="steering spec to compare with the unsteered model (repeatable; default: the "
+                         "difference-of-means refusal direction, built here)")
     ap.add_argument("--garak", default=shutil.which("garak") or "/tmp/garakvenv/bin/garak")
-    ap.add_argument("--probes", default="malwaregen.TopLevel")
+    ap.add_argument("--probes", default=FAMILIES, help="garak probe families and/or probes, comma-separated")
+    ap.add_argument("--skip", default=",".join(DEFAULT_SKIP), help="probes to leave out (comma-separated)")
+    ap.add_argument("--prompt-cap", type=int, default=8, help="garak's soft_probe_prompt_cap: prompts per probe")
+    ap.add_argument("--seed", type=int, default=0, help="garak's seed (which prompts a capped probe samples)")
     ap.add_argument("--generations", type=int, default=1)
     ap.add_argument("--parallel", type=int, default=8, help="garak --parallel_attempts (exercises batching)")
-    ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per garak run")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per garak run")
     ap.add_argument("--out", type=Path, default=Path("runs/redteam_garak"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server subprocess is stopped too
     if not Path(args.garak).exists():
         raise SystemExit(f"garak not found at {args.garak}; install it as shown in this script's docstring")
+    probes = ",".join(active_probes(args.garak, args.probes, tuple(filter(None, args.skip.split(",")))))
 
     args.out.mkdir(parents=True, exist_ok=True)
+    config = args.out / "garak_config.yaml"
+    config.write_text(f"run:\n  soft_probe_prompt_cap: {args.prompt_cap}\n  seed: {args.seed}\n"
+                      "plugins:\n  extended_detectors: false\n")
+    done_file = args.out / "results.json"
+    settings = {"model": args.model, "probes": probes, "prompt_cap": args.prompt_cap, "seed": args.seed,
+                "generations": args.generations, "max_tokens": args.max_tokens}
+    saved = json.loads(done_file.read_text()) if done_file.exists() else {}
+    if saved and saved.get("settings") != settings:
+        print(f"{done_file} was measured with other settings; starting afresh", file=sys.stderr)
+        saved = {}
+    results = saved.get("variants", {})
     with tempfile.TemporaryDirectory() as tmp:
-        spec = args.steer or refusal_direction_spec(args.model, Path(tmp))
-        with server(args.model, "--steer", str(spec), "--max-tokens", str(max(args.max_tokens, 1024)),
-                    "--threads", "1", log=args.out / "server.log") as url:
-            options = args.out / "garak_options.json"
-            options.write_text(json.dumps(garak_options(url, args.max_tokens), indent=2))
-            results, walls = {}, {}
-            for variant in ("unsteered", "steered"):
-                model = f"{args.model}:{variant}"
-                started = time.perf_counter()
-                results[variant] = evals(run_garak(args.garak, model, options, args.probes, args.generations,
-                                                   args.parallel, args.out, args.timeout))
-                walls[variant] = time.perf_counter() - started
-    keys = sorted(set(results["unsteered"]) | set(results["steered"]))
-    print(f"\ngarak {args.probes} x {args.generations} generation(s) against {args.model}, spec {spec}")
-    print(f"{'probe':<32} {'detector':<34} {'unsteered pass':>15} {'steered pass':>13}")
-    summary = []
-    for key in keys:
+        specs = parse_specs(args.steer) or {"steered": refusal_direction_spec(args.model, Path(tmp))}
+        for i, (name, spec) in enumerate(specs.items()):
+            variants = (["unsteered"] if i == 0 else []) + [name]
+            if all(v in results for v in variants):
+                print(f"{', '.join(variants)}: done in an earlier run, kept", file=sys.stderr)
+                continue
+            with server(args.model, "--steer", str(spec), "--max-tokens", str(max(args.max_tokens, 1024)),
+                        "--threads", "1", log=args.out / f"server_{name}.log") as url:
+                options = args.out / "garak_options.json"
+                options.write_text(json.dumps(garak_options(url, args.max_tokens), indent=2))
+                for variant in variants:
+                    if variant in results:
+                        continue
+                    served = f"{args.model}:{'unsteered' if variant == 'unsteered' else 'steered'}"
+                    started = time.perf_counter()
+                    report = run_garak(args.garak, served, options, config, probes, args.generations,
+                                       args.parallel, args.out, args.timeout, prefix=variant)
+                    results[variant] = {"spec": None if variant == "unsteered" else str(spec),
+                                        "wall_s": time.perf_counter() - started,
+                                        "evals": [[p, d, ok, n] for (p, d), (ok, n) in evals(report).items()]}
+                    write_json(done_file, {"settings": settings, "variants": results})
+    print_tables(results, probes, args)
+
+
+def family_rates(evals_: list) -> dict[str, tuple[int, int]]:
+    """garak pass counts pooled per probe family (one detector per probe: extended detectors are off)."""
+    pooled = {}
+    for probe, _detector, ok, n in evals_:
+        family = probe.split(".")[0]
+        a, b = pooled.get(family, (0, 0))
+        pooled[family] = (a + ok, b + n)
+    return pooled
+
+
+def print_tables(results: dict, probes: str, args) -> None:
+    variants = list(results)
+    print(f"\ngarak {args.probes} (active probes, cap {args.prompt_cap} prompts each, seed {args.seed}, "
+          f"{args.generations} generation(s), {args.max_tokens} tokens) against {args.model}")
+    print("| family | " + " | ".join(f"{v} pass" for v in variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    pooled = {v: family_rates(results[v]["evals"]) for v in variants}
+    families = sorted({f for v in variants for f in pooled[v]})
+    for family in families + ["all"]:
         cells = []
-        for variant in ("unsteered", "steered"):
-            passed, total = results[variant].get(key, (0, 0))
-            cells.append(f"{passed}/{total} ({100 * passed / max(total, 1):.0f}%)")
-        summary.append({"probe": key[0], "detector": key[1], "unsteered": results["unsteered"].get(key),
-                        "steered": results["steered"].get(key)})
-        print(f"{key[0]:<32} {key[1]:<34} {cells[0]:>15} {cells[1]:>13}")
-    print(f"wall: unsteered {walls['unsteered']:.0f} s, steered {walls['steered']:.0f} s; reports in {args.out}")
-    (args.out / "summary.json").write_text(json.dumps({"probes": args.probes, "results": summary,
-                                                       "wall_s": walls}, indent=2) + "\n")
+        for v in variants:
+            ok, n = (sum(x[0] for x in pooled[v].values()), sum(x[1] for x in pooled[v].values())) \
+                if family == "all" else pooled[v].get(family, (0, 0))
+            lo, hi = wilson(ok, n)
+            cells.append(f"{ok}/{n} ({100 * ok / max(n, 1):.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%])")
+        print(f"| {family} | " + " | ".join(cells) + " |")
+    print("wall: " + ", ".join(f"{v} {results[v]['wall_s']:.0f} s" for v in variants) + f"; reports in {args.out}")
+    print(f"probes: {probes}")
 
 
 if __name__ == "__main__":
