@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--spec", action="append", default=[], help="NAME=FILE: another steering spec to answer with")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--system", help="system prompt for every condition (e.g. a guardrail prompt)")
+    ap.add_argument("--name", default="none", help="name of the unsteered condition")
     args = ap.parse_args()
 
     from saesteer.data import load_records
@@ -53,7 +55,7 @@ def main() -> None:
         harmless = [r.text for r in load_records("harmless_train", limit=48, seed=0)]
         v = caa_direction(lm, harmful + harmless, [args.layer], progress="CAA direction")[args.layer]
         save_vectors(vectors, {"caa": v}, {"layer": str(args.layer)})
-    conditions: dict[str, SteeringSpec | str | None] = {"none": None}
+    conditions: dict[str, SteeringSpec | str | None] = {args.name: None}
     for s in strengths:
         conditions[f"caa{s:g}"] = SteeringSpec(interventions=[InterventionSpec(
             hook=str(args.layer), vector=FileRef(str(vectors.resolve()), key="caa"), op="add", value=s)],
@@ -62,7 +64,8 @@ def main() -> None:
         name, _, path = item.partition("=")
         conditions[name] = path
     cfg = RefusalEvalConfig(datasets=args.datasets, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                            batch_size=16, early_stop=False, seed=args.seed)
+                            batch_size=16, early_stop=False, seed=args.seed,
+                            system=args.system)
     rows = []
     for name, spec in conditions.items():
         print(f"[labelset] {name}", flush=True)
