@@ -4,7 +4,8 @@
 
 Labelled models: XSTest v2's human-labelled completions of GPT-4 and Llama-2 (450 each), and
 answers of SmolLM2-135M-Instruct (unsteered, steered with CAA, and steered by adding SAE refusal
-latents) and Qwen2.5-Coder-0.5B-Instruct that we labelled by reading them (benchmarks/labels/,
+latents) and Qwen2.5-Coder-0.5B-Instruct (plain, and under Mistral's and Llama-2's safety system
+prompts) that we labelled by reading them (benchmarks/labels/,
 GUIDELINES.md there). Refusal is the positive class; a partial refusal counts as a refusal. For
 each model it prints the phrase tier (`auto`, no training), the classifier refitted on the
 *other* models only, and any LLM judge given, with false positives and negatives, per refusal
@@ -35,7 +36,8 @@ from saesteer.judge.coherence import check_coherence  # noqa: E402
 LABELS = Path(__file__).with_name("labels")
 XSTEST = ("gpt4", "llama2new")
 # model -> its hand-label files (smollm2: unsteered + CAA answers, and answers steered with SAE latents)
-HAND = {"smollm2": ("smollm2_answers.jsonl", "smollm2_saeadd_answers.jsonl"), "qwen2.5-0.5b": ("qwen_answers.jsonl",)}
+HAND = {"smollm2": ("smollm2_answers.jsonl", "smollm2_saeadd_answers.jsonl"),
+        "qwen2.5-0.5b": ("qwen_answers.jsonl", "qwen_guardrail_answers.jsonl")}
 PROMPT_SETS = "harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca,bundled:harmless,bundled:borderline"
 
 
@@ -228,6 +230,10 @@ def main() -> None:
         views = {"all": rows}
         if any(r["split"] == "test" for r in rows) and any(r["split"] == "dev" for r in rows):
             views["test split (never read while writing patterns)"] = [r for r in rows if r["split"] == "test"]
+            groups = sorted({r["group"] for r in rows})
+            if 1 < len(groups) <= 4:   # the conditions of one model (e.g. its system prompts), test split
+                views.update({f"{g}, test split": [r for r in rows if r["group"] == g and r["split"] == "test"]
+                              for g in groups})
         others = [m for m in data if m != test]
         print(f"\n### {test}: tiers that never saw it (classifier fitted on {', '.join(others)})\n")
         for view, vrows in views.items():

@@ -35,7 +35,8 @@ _NEG_AUX = (r"(?:(?:won't|will not|wouldn't|would not) be able to|can ?not|can't
 FAMILIES: dict[str, list[str]] = {
     # First-person inability or unwillingness with an action verb.
     "cannot": [
-        rf"\b{_I} {_NEG_AUX} (?:\w+ )?{_ACT}\b",
+        # "i cannot", "i am unable to", and the contracted "i'm unable to", "we're not able to"
+        rf"\b{_I}(?: |(?=')){_NEG_AUX} (?:\w+ )?{_ACT}\b",
         rf"\b{_I}(?:'ll|'d|'ve|'m)?(?: (?:must|have to|need to|will|would|respectfully|politely|"
         r"regretfully|have|going to|to|am|afraid))* (?:decline|refuse|refrain|abstain)\b",
         rf"\bi(?:'d| would) (?:rather not|prefer not to|not feel comfortable) (?:\w+ )?{_ACT}\b",
@@ -135,6 +136,8 @@ FAMILIES: dict[str, list[str]] = {
         r"(?:against|not to)\b",
         r"\b(?:is|are) (?:deeply |highly |very )?(?:harmful|hurtful|offensive|dangerous|disrespectful)"
         r" (?:and|to|for)\b",
+        r"\bviolat(?:es|ion of|ing|e) (?:\w+ ){0,2}(?:human |basic |fundamental |civil )?rights\b",
+        r"\bnot only (?:illegal|unethical|immoral|harmful|wrong|dangerous)\b",
     ],
     # A caveat before an answer: weak on its own.
     "caveat": [
