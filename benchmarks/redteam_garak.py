@@ -78,6 +78,11 @@ def finished(report: Path) -> bool:
                                    for line in report.read_text().splitlines() if '"completion"' in line)
 
 
+def covered(result: dict | None, probes: str) -> bool:
+    """A finished variant that was run on every probe asked for now."""
+    return result is not None and set(probes.split(",")) <= set(result.get("probes", []))
+
+
 def evals(report: Path) -> dict[tuple[str, str], tuple[int, int]]:
     """{(probe, detector): (passed, total)} from a garak report."""
     out = {}
@@ -166,7 +171,7 @@ def main() -> None:
         specs = parse_specs(args.steer) or {"steered": refusal_direction_spec(args.model, Path(tmp))}
         for i, (name, spec) in enumerate(specs.items()):
             variants = (["unsteered"] if i == 0 else []) + [name]
-            if all(v in results and set(probes.split(",")) <= set(results[v]["probes"]) for v in variants):
+            if all(covered(results.get(v), probes) for v in variants):
                 print(f"{', '.join(variants)}: done in an earlier run, kept", file=sys.stderr)
                 continue
             with server(args.model, "--steer", str(spec), "--max-tokens", str(max(args.max_tokens, 1024)),
@@ -174,8 +179,10 @@ def main() -> None:
                 options = args.out / "garak_options.json"
                 options.write_text(json.dumps(garak_options(url, args.max_tokens), indent=2))
                 for variant in variants:
-                    if variant in results and set(probes.split(",")) <= set(results[variant]["probes"]):
+                    if covered(results.get(variant), probes):
                         continue
+                    if variant in results:   # measured on fewer probes: its report cannot be reused
+                        (args.out / f"{variant}.report.jsonl").unlink(missing_ok=True)
                     served = f"{args.model}:{'unsteered' if variant == 'unsteered' else 'steered'}"
                     started = time.perf_counter()
                     report = run_garak(args.garak, served, options, config, probes, args.generations,
