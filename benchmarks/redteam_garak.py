@@ -57,8 +57,8 @@ def run_garak(garak: str, model: str, options: Path, config: Path, probes: str, 
            "--generations", str(generations), "--parallel_attempts", str(parallel), "--report_prefix", prefix, "--skip_unknown"]
     print("$ " + " ".join(cmd), file=sys.stderr)
     kept = out / f"{prefix}.report.jsonl"
-    if finished(kept):
-        print(f"{kept}: a finished garak report, kept", file=sys.stderr)
+    if finished(kept) and set(probes.split(",")) <= {p for p, _ in evals(kept)}:
+        print(f"{kept}: a finished garak report of these probes, kept", file=sys.stderr)
         return kept
     log = out / f"{prefix}.log"
     with open(log, "w") as f:
@@ -181,8 +181,6 @@ def main() -> None:
                 for variant in variants:
                     if covered(results.get(variant), probes):
                         continue
-                    if variant in results:   # measured on fewer probes: its report cannot be reused
-                        (args.out / f"{variant}.report.jsonl").unlink(missing_ok=True)
                     served = f"{args.model}:{'unsteered' if variant == 'unsteered' else 'steered'}"
                     started = time.perf_counter()
                     report = run_garak(args.garak, served, options, config, probes, args.generations,
