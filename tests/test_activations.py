@@ -81,3 +81,17 @@ def test_bad_harvest_input(tmp_path, lm):
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(SaesteerError, match="corrupt"):
         ActivationStore(tmp_path / "y", 1).load_shard(0)
+
+
+def test_corpus_specs_joined_with_plus_mix_both_sources(tmp_path):
+    import json
+
+    from saesteer.data import corpus_documents
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi?"},
+                                                {"role": "assistant", "content": "Hello there."}]}) + "\n")
+    offline = corpus_documents("offline", seed=0)
+    mixed = corpus_documents(f"offline+{answers}", seed=0)
+    assert len(mixed) == len(offline) + 1
+    assert [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello there."}] in mixed

@@ -191,9 +191,16 @@ def corpus_documents(spec: str, *, seed: int = 0) -> list[Document]:
     """Documents for harvesting, shuffled with `seed`.
 
     `corpus` is the whole chat + text mixture of the data directory, `corpus:a+b` some of its
-    sources, `offline` the corpus that needs no data at all (see `offline_documents`); anything else is a registry dataset (`alpaca`, `bundled`, a file...) whose
-    prompts become one-turn chats (conversations are kept as they are).
+    sources, `offline` the corpus that needs no data at all (see `offline_documents`); anything
+    else is a registry dataset (`alpaca`, `bundled`, a file...) whose prompts become one-turn
+    chats (conversations are kept as they are). `offline+answers.jsonl` joins several of these
+    into one shuffled mixture (for example the offline corpus plus the model's own answers).
     """
+    parts = spec.split("+")
+    if len(parts) > 1 and not spec.startswith("corpus") and not Path(spec).expanduser().exists():
+        docs = [doc for part in parts for doc in corpus_documents(part, seed=seed)]
+        random.Random(seed).shuffle(docs)
+        return docs
     name, _, subset = spec.partition(":")
     if name == "offline":
         docs = offline_documents()

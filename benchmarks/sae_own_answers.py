@@ -1,0 +1,121 @@
+"""Does an SAE trained on the model's own answers give a cleaner refusal latent? (issue #11, item 6)
+
+    SAESTEER_DATA=/path/to/shared/data python benchmarks/sae_own_answers.py --out runs/sae_own
+
+1. The model answers training prompts in its own words: the refusal-direction train splits and
+   the bundled @train halves unsteered (mostly compliances), and the harmful ones again with CAA
+   at --caa-strength (its own refusals; the direction is built from 48 + 48 train prompts as in
+   benchmarks/attacks_caa.py). Prompts that also occur in --exclude (the held-out test sets) are
+   dropped. Coherent answers become chats in OUT/own_answers.jsonl.
+2. `saesteer demo` runs again with the corpus `offline+OUT/own_answers.jsonl`, once per
+   --expansion, everything else at the demo's defaults (the same harvest budget, training,
+   discovery and search as the demo SAE trained on `offline` alone).
+3. The table compares each SAE with the demo SAE given by --baseline: reconstruction, the top
+   refusal latent discovery found, and the demo's summary. Held-out steering is measured after
+   with `saesteer sweep` on the specs each run wrote (docs/RESULTS.md has the command).
+
+Every stage resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TRAIN_SETS = "harmful_train,harmless_train,bundled:harmful@train,bundled:harmless@train,bundled:borderline@train"
+HARMFUL_SETS = "harmful_train,bundled:harmful@train"
+HELD_OUT = ("harmbench,strongreject,jailbreakbench:harmful,xstest:unsafe,xstest:safe,jailbreakbench:benign,"
+            "bundled:harmless@test,bundled:borderline@test,bundled:harmful@test")
+
+
+def own_answers(lm, out: Path, args) -> Path:
+    from benchmarks.attacks_caa import caa_spec
+    from saesteer.data import load_records
+    from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
+    from saesteer.files import atomic_path, read_jsonl
+
+    corpus = out / "own_answers.jsonl"
+    if corpus.exists():
+        return corpus
+    held_out = {r.text.strip().lower() for r in load_records(args.exclude)}
+    runs = {"none": (TRAIN_SETS, None),
+            f"caa{args.caa_strength:g}": (HARMFUL_SETS, caa_spec(lm, out, args.layer, args.caa_strength))}
+    kept, dropped, broken = [], 0, 0
+    for name, (datasets, spec) in runs.items():
+        print(f"[own answers] {name}: {datasets}", file=sys.stderr, flush=True)
+        cfg = RefusalEvalConfig(datasets=datasets, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                                batch_size=16, early_stop=False, seed=0)
+        evaluate_refusal(lm, out / "answers" / name, cfg, spec)
+        for row in read_jsonl(out / "answers" / name / "responses.jsonl"):
+            if row["prompt"].strip().lower() in held_out:
+                dropped += 1
+            elif not row.get("coherent", True):
+                broken += 1
+            else:
+                kept.append({"messages": [{"role": "user", "content": row["prompt"]},
+                                          {"role": "assistant", "content": row["response"]}],
+                             "condition": name, "refusal": row["refusal"]})
+    with atomic_path(corpus) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in kept:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    refusals = sum(r["refusal"] for r in kept)
+    print(f"[own answers] kept {len(kept)} coherent answers ({refusals} refusals); dropped {dropped} held-out "
+          f"prompts and {broken} broken answers", file=sys.stderr)
+    return corpus
+
+
+def describe(run: Path) -> dict:
+    from saesteer.files import read_json
+
+    metrics = read_json(run / "sae" / "metrics.json")
+    features = read_json(run / "discover" / "features.json")
+    keys = ("feature", "picked_by", "refusal_auroc", "natural_refusal_auroc", "prompt_auroc", "caa_cos",
+            "causal_score", "best_value", "best_harmful_gain")
+    top = [{k: f.get(k) for k in keys} for f in features.get("features", [])]
+    summary = read_json(run / "summary.json") if (run / "summary.json").exists() else {}
+    return {"run": str(run), "fvu": metrics.get("fvu"), "dead": metrics.get("dead_fraction"),
+            "responses": features.get("responses"), "latents": top, "lines": summary.get("lines", []),
+            "runs": summary.get("runs", {})}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--layer", type=int, default=9)
+    ap.add_argument("--limit", type=int, default=200, help="prompts per training set")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--caa-strength", type=float, default=1.5)
+    ap.add_argument("--exclude", default=HELD_OUT, help="held-out sets whose prompts must not be answered")
+    ap.add_argument("--expansion", type=int, action="append", help="SAE width multiple(s); default 8")
+    ap.add_argument("--baseline", type=Path, default=Path("runs/demo"), help="a finished `saesteer demo` folder")
+    args = ap.parse_args()
+
+    from saesteer.demo import DemoConfig, run_demo
+    from saesteer.files import ensure_dir, write_json
+    from saesteer.models import load_model
+
+    out = ensure_dir(args.out)
+    corpus = own_answers(load_model(args.model), out, args)
+    results = {"baseline": describe(args.baseline)} if (args.baseline / "discover").exists() else {}
+    for expansion in args.expansion or [8]:
+        run = out / f"demo_x{expansion}"
+        run_demo(DemoConfig(out=run, model=args.model, layer=args.layer, corpus=f"offline+{corpus.resolve()}",
+                            expansion=expansion))
+        results[f"own_x{expansion}"] = describe(run)
+    write_json(out / "comparison.json", results)
+    for name, r in results.items():
+        print(f"\n{name}: FVU {r['fvu']:.3f}, dead {r['dead']:.1%}")
+        for f in r["latents"]:
+            print(f"  latent {f['feature']} ({f['picked_by']}): refusal AUROC {f['refusal_auroc']:.3f}, natural "
+                  f"refusals {f['natural_refusal_auroc']:.3f}, prompts {f['prompt_auroc']:.3f}, cos CAA "
+                  f"{f['caa_cos']:.2f}, causal score {f['causal_score']}")
+        for line in r["lines"]:
+            print(f"  {line}")
+
+if __name__ == "__main__":
+    main()
