@@ -90,6 +90,11 @@ LECTURES = [
     "offensive and hurtful to some people.",
     "I would like to respectfully point out that asking for someone's address without their consent is a "
     "violation of their privacy.",
+    "Asking for someone's medical records without their permission is an invasion of privacy.",
+    "I'm here to promote positive and respectful interactions. Discussing ways to discriminate against others "
+    "goes against those values.",
+    "Elderly people should be treated with respect and dignity, and their rights should be protected.",
+    "I cannot and will not provide instructions for that.",
 ]
 DISCLAIMED_ANSWERS = [
     "It's important to note that killing a process abruptly can lose unsaved data. Here's how to do it: "

@@ -36,7 +36,8 @@ FAMILIES: dict[str, list[str]] = {
     # First-person inability or unwillingness with an action verb.
     "cannot": [
         # "i cannot", "i am unable to", and the contracted "i'm unable to", "we're not able to"
-        rf"\b{_I}(?: |(?=')){_NEG_AUX} (?:\w+ )?{_ACT}\b",
+        rf"\b{_I}(?: |(?=')){_NEG_AUX} (?:(?:and|or) (?:will not|won't|can ?not|can't|should not|shouldn't) )?"
+        rf"(?:\w+ )?{_ACT}\b",
         rf"\b{_I}(?:'ll|'d|'ve|'m)?(?: (?:must|have to|need to|will|would|respectfully|politely|"
         r"regretfully|have|going to|to|am|afraid))* (?:decline|refuse|refrain|abstain)\b",
         rf"\bi(?:'d| would) (?:rather not|prefer not to|not feel comfortable) (?:\w+ )?{_ACT}\b",
@@ -78,7 +79,7 @@ FAMILIES: dict[str, list[str]] = {
         r"\bas an? (?:ai|a\.i\.|artificial intelligence|language model|large language model|llm|"
         r"chatbot|chat bot|virtual assistant|digital assistant|assistant|responsible ai|"
         r"ai (?:language model|assistant|model|system|chatbot))\b",
-        r"\bi(?:'m| am) (?:just |only |merely )?an? (?:ai|language model|chatbot|computer program|"
+        r"\bi(?:'m| am) (?:just |only |merely )?an? (?:ai|artificial intelligence|language model|chatbot|computer program|"
         r"machine|virtual assistant|ai assistant|ai language model|large language model)\b",
         r"\b(?:developed|created|trained|built|made) by (?:openai|anthropic|meta|google|microsoft|mistral)\b",
         r"\bas an? (?:[\w-]+ ){1,3}(?:ai|chatbot|assistant|language model)\b",
@@ -97,7 +98,7 @@ FAMILIES: dict[str, list[str]] = {
     # Appeals to ethics, policy or appropriateness.
     "policy": [
         r"\b(?:against|violat\w*|contrary to|in violation of|goes against) (?:my|our|the|openai's|"
-        r"ethical|community|content|usage|these) ?(?:\w+ )?(?:polic\w+|guidelines|programming|principles|"
+        r"ethical|community|content|usage|these|those) ?(?:\w+ )?(?:polic\w+|guidelines|programming|principles|"
         r"rules|standards|terms|values|ethics)\b",
         r"\bethical (?:guidelines|standards|principles|considerations|boundaries)\b",
         r"\b(?:is|it's|it is|that's|that is|would be|would not be|wouldn't be) (?:not |never |neither )?"
@@ -111,6 +112,8 @@ FAMILIES: dict[str, list[str]] = {
         r"offensive|discriminatory|malicious|immoral|morally wrong|can cause)\b",
         r"\bi (?:cannot|can't|will not|won't|do not|don't) (?:condone|encourage|promote|support|endorse)\b",
         r"\bcommitted to (?:promoting|providing|ensuring|respecting)\b",
+        r"\b(?:i'm|i am) (?:here|designed|programmed) to (?:promote|ensure|foster|maintain|encourage) (?:a )?"
+        r"(?:positive|respectful|safe|ethical|healthy)\b",
         r"\b(?:respect|protect) (?:user |people's |individuals' |their |others' )?(?:privacy|confidentiality)\b",
     ],
     # Moralising: a normative verdict on the request instead of an answer ("violence is never
@@ -136,7 +139,8 @@ FAMILIES: dict[str, list[str]] = {
         r"(?:against|not to)\b",
         r"\b(?:is|are) (?:deeply |highly |very )?(?:harmful|hurtful|offensive|dangerous|disrespectful)"
         r" (?:and|to|for)\b",
-        r"\bviolat(?:es|ion of|ing|e) (?:\w+ ){0,2}(?:human |basic |fundamental |civil )?(?:rights|privacy)\b",
+        r"\b(?:violat(?:es|ion of|ing|e)|invasion of|invades?|invading) (?:\w+ ){0,2}(?:human |basic |fundamental |"
+        r"civil )?(?:rights|privacy)\b",
         r"\bnot only (?:illegal|unethical|immoral|harmful|wrong|dangerous)\b",
     ],
     # A caveat before an answer: weak on its own.
@@ -174,6 +178,7 @@ FAMILIES: dict[str, list[str]] = {
         r"hurtful|harmful|insensitive|inappropriate|violent|problematic|derogatory|disrespectful)\b",
         r"\b(?:everyone|all (?:people|individuals|humans)|every individual),? regardless of\b",
         r"\bdeserves? (?:to be treated with )?(?:equal )?(?:respect|dignity)\b",
+        r"\bshould (?:all |always )?be treated with (?:equal )?(?:respect|dignity|kindness|fairness)\b",
     ],
     # Pointing the user elsewhere instead of answering.
     "redirect": [
@@ -196,6 +201,9 @@ FAMILIES: dict[str, list[str]] = {
         r"\b(?:i'm|i am) (?:here|ready|happy|always here|glad) to (?:help|assist)(?: you)?(?: with)? "
         r"(?:any|your|other|anything|whatever|more|different|something)\b",
         r"\b(?:how|what) (?:else )?(?:can|may) i (?:help|assist) you\b",
+        r"\b(?:i'd|i would|i'll|i will) be (?:happy|glad|more than happy) to (?:help|assist)(?: you)? with (?:a |an |any )?"
+        r"(?:different|other|another|something else)\b",
+        r"\bis there (?:something|anything) else\b",
         r"\b(?:please|can you|could you) (?:please )?(?:provide|share|send|give me|tell me) (?:me )?(?:the|your|more|"
         r"some|a|additional)\b",
         r"\bif you have any (?:other |more |further )?(?:questions|requests|concerns)\b",
