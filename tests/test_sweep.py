@@ -46,3 +46,28 @@ def test_sweep_specs_are_relative_and_survive_a_move(tmp_path):
         for point in again:
             Steering(lm, SteeringSpec.load(moved / "sweep" / "specs" / f"{point.name}.yaml"))
     assert hashes[False] == hashes[True]  # older discovery folders give the same specs
+
+
+def test_spec_points_are_grouped_by_what_they_steer_with_and_their_gate(tmp_path):
+    import yaml
+
+    from saesteer.evaluate.sweep import GridPoint, collect, spec_family
+
+    _discovery(tmp_path, absolute=False)
+    gated = SteeringSpec.load(tmp_path / "disc" / "conditional.yaml")
+    ungated = SteeringSpec(interventions=gated.interventions)
+    dense = {"interventions": [{"hook": "1", "vector": {"path": "v.safetensors"}, "op": "add"}]}
+    assert GridPoint("g", "spec", spec=gated).family == "sae_spec_gated"
+    assert GridPoint("u", "spec", spec=ungated).family == "sae_spec"
+    assert spec_family(dense) == "dense_spec"
+    assert spec_family({**dense, "condition": {"detector": "probe"}}) == "dense_spec_gated"
+    assert GridPoint("c", "caa", spec=None).family == "caa"
+    # A point written before families existed is read from its copied spec file.
+    out = tmp_path / "sweep"
+    (out / "specs").mkdir(parents=True)
+    (out / "specs" / "old.yaml").write_text(yaml.safe_dump(gated.to_dict()))
+    (out / "runs" / "old").mkdir(parents=True)
+    (out / "runs" / "old" / "point.json").write_text(json.dumps({"name": "old", "method": "spec"}))
+    (out / "runs" / "old" / "kl").mkdir()
+    (out / "runs" / "old" / "kl" / "summary.json").write_text(json.dumps({"mean_kl": 0.1}))
+    assert [r["family"] for r in collect(out)] == ["sae_spec_gated"]

@@ -95,6 +95,29 @@ class GridPoint:
     layer: int | None = None
     spec: SteeringSpec | None = field(default=None, repr=False)
 
+    @property
+    def family(self) -> str:
+        """What the plots group by (see `spec_family`)."""
+        return spec_family(self.spec.to_dict()) if self.method == "spec" and self.spec else self.method
+
+
+def spec_family(body: dict[str, Any]) -> str:
+    """A spec file's kind: steering with SAE latents or a dense vector, gated by a detector or not."""
+    kind = "sae_spec" if any(i.get("sae") for i in body.get("interventions") or []) else "dense_spec"
+    return f"{kind}_gated" if body.get("condition") else kind
+
+
+def _family(out: Path, point: dict[str, Any]) -> str:
+    """The family of a finished point; points written before families existed are read from their spec."""
+    if point.get("family"):
+        return point["family"]
+    spec_file = out / "specs" / f"{point.get('name')}.yaml"
+    if point.get("method") == "spec" and spec_file.exists():
+        import yaml
+
+        return spec_family(yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {})
+    return point.get("method") or "spec"
+
 
 def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]:
     """Write one steering spec per grid point (dense directions are computed once and saved)."""
@@ -211,7 +234,8 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
             kl = harmless_kl(lm, point.spec, KLConfig(datasets=config.kl_datasets, limit=config.kl_limit,
                                                       seed=config.seed), progress=progress)
             write_json(ensure_dir(run_dir / "kl") / "summary.json", kl)
-        write_json(run_dir / "point.json", {"name": point.name, "method": point.method, "strength": point.strength,
+        write_json(run_dir / "point.json", {"name": point.name, "method": point.method, "family": point.family,
+                                            "strength": point.strength,
                                             "feature": point.feature, "layer": point.layer,
                                             "spec_hash": point.spec.hash() if point.spec else None})
     return collect(out)
@@ -245,6 +269,7 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     for point_file in sorted((out / "runs").glob("*/point.json")):
         point = _record(point_file)
         base = {k: point.get(k) for k in ("name", "method", "strength", "feature", "layer", "spec_hash")}
+        base["family"] = _family(out, point)
         refusal = point_file.parent / "refusal" / "summary.json"
         if refusal.exists():
             s = _record(refusal)
@@ -269,7 +294,7 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
                 rows.append({**base, "metric": task, "dataset": task, **_value(v.get("score", v))})
     write_text(out / "results.jsonl", "".join(__import__("json").dumps(r) + "\n" for r in rows))
     buf = io.StringIO()
-    fields = ["name", "method", "strength", "feature", "layer", "metric", "dataset", "value", "ci_low", "ci_high",
+    fields = ["name", "method", "family", "strength", "feature", "layer", "metric", "dataset", "value", "ci_low", "ci_high",
               "n", "spec_hash"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

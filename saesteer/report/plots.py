@@ -23,6 +23,13 @@ LABELS = {"unsafe_refusal": "refusal on unsafe prompts ↑", "safe_over_refusal"
 METHOD_STYLE = {"none": ("k", "o"), "sae_clamp": ("tab:red", "o"), "conditional_sae_clamp": ("tab:purple", "s"),
                 "refusal_direction": ("tab:blue", "^"), "caa": ("tab:green", "D"), "spec": ("tab:orange", "*")}
 """`spec`: a spec file evaluated as is, such as the `best.yaml` a search chose."""
+FAMILY_STYLE = {**METHOD_STYLE, "sae_spec": ("tab:orange", "*"), "sae_spec_gated": ("tab:brown", "P"),
+                "dense_spec": ("tab:olive", "X"), "dense_spec_gated": ("tab:cyan", "v")}
+"""Spec files split by what they steer with and whether a detector gates them (`sweep.spec_family`)."""
+FAMILY_LABELS = {"none": "none", "sae_clamp": "SAE clamp", "conditional_sae_clamp": "SAE clamp, gated",
+                 "refusal_direction": "DiffMean", "caa": "CAA", "spec": "spec file", "sae_spec": "SAE-guided spec",
+                 "sae_spec_gated": "SAE-guided spec, gated", "dense_spec": "dense spec",
+                 "dense_spec_gated": "dense spec, gated"}
 
 
 def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -30,7 +37,8 @@ def by_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     runs: dict[str, dict[str, Any]] = {}
     caps: dict[str, list[float]] = defaultdict(list)
     for r in rows:
-        run = runs.setdefault(r["name"], {"method": r["method"], "strength": r["strength"], "feature": r["feature"]})
+        run = runs.setdefault(r["name"], {"method": r["method"], "family": r.get("family") or r["method"],
+                                          "strength": r["strength"], "feature": r["feature"]})
         if r["metric"] in SAFETY + QUALITY:
             if r["dataset"] == "all":
                 run[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
@@ -87,37 +95,38 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Coherent refusal against over-refusal, one colour and one Pareto front per family
+    (SAE clamp, SAE-guided specs gated or not, CAA, DiffMean, ...); marker size = capability."""
     runs = by_run(rows)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    pts = []
+    fig, ax = plt.subplots(figsize=(7.2, 5.4))
     caps = [r["capability"][0] for r in runs.values() if "capability" in r]
     # Coherent refusal where the runs have it: a broken answer that trips the judge is no refusal.
     y_metric = ("unsafe_coherent_refusal" if any("unsafe_coherent_refusal" in r for r in runs.values())
                 else "unsafe_refusal")
+    by_family: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for name, r in runs.items():
         if y_metric not in r or "safe_over_refusal" not in r:
             continue
         x, y = r["safe_over_refusal"][0], r[y_metric][0]
-        pts.append((x, y))
-        color, marker = METHOD_STYLE.get(r["method"], ("gray", "o"))
+        by_family[r["family"]].append((x, y))
+        color, marker = FAMILY_STYLE.get(r["family"], ("gray", "o"))
         size = 40 + 260 * ((r["capability"][0] - min(caps)) / (max(caps) - min(caps) or 1)) if "capability" in r and caps else 60
         ax.scatter([x], [y], s=size, color=color, marker=marker, alpha=0.7, edgecolor="k", lw=0.5)
-        label = {"none": "none", "spec": name}.get(r["method"]) or f"{r['strength']:g}"
-        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    front = pareto_front(pts)
-    if len(front) > 1:
-        ax.plot([p[0] for p in front], [p[1] for p in front], "k:", lw=1, label="Pareto front")
-    for method, (color, marker) in METHOD_STYLE.items():
-        if any(r["method"] == method for r in runs.values()):
-            ax.scatter([], [], color=color, marker=marker,
-                       label="searched spec" if method == "spec" else method.replace("_", " "))
+        label = "none" if r["method"] == "none" else (name if r["method"] == "spec" else f"{r['strength']:g}")
+        ax.annotate(label, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+    for family, pts in by_family.items():
+        color, marker = FAMILY_STYLE.get(family, ("gray", "o"))
+        front = pareto_front(pts)
+        if len(front) > 1:
+            ax.plot([p[0] for p in front], [p[1] for p in front], ls=":", color=color, lw=1.2)
+        ax.scatter([], [], color=color, marker=marker, label=FAMILY_LABELS.get(family, family))
     ax.set_xlabel("over-refusal on safe prompts ↓")
     ax.set_ylabel(LABELS[y_metric])
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Safety vs over-refusal (marker size = capability)", fontsize=10)
+    ax.set_title("Safety vs over-refusal, a Pareto front per method (marker size = capability)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
