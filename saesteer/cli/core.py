@@ -14,7 +14,7 @@ def harvest(
     model: ModelArg,
     out: Annotated[Path, typer.Option(help="Output folder (resumed if it holds a partial run).")],
     layer: Annotated[list[str], typer.Option(help="Layer index or module path; repeat for several layers in one pass.")],
-    dataset: Annotated[str, typer.Option(help="corpus (needs a data dir), offline, corpus:<source>, any dataset name, or a file.")] = "corpus",
+    dataset: Annotated[str, typer.Option(help="corpus (needs a data dir), offline, corpus:<source>, any dataset name, or a file; join several with + (offline+answers.jsonl).")] = "corpus",
     max_tokens: Annotated[int, typer.Option(help="Tokens to keep per layer.")] = 1_000_000,
     context_length: Annotated[int, typer.Option()] = 512,
     batch_size: Annotated[int, typer.Option(help="Contexts per forward pass.")] = 8,
