@@ -10,9 +10,14 @@
 2. `saesteer demo` runs again with the corpus `offline+OUT/own_answers.jsonl`, once per
    --expansion, everything else at the demo's defaults (the same harvest budget, training,
    discovery and search as the demo SAE trained on `offline` alone).
-3. The table compares each SAE with the demo SAE given by --baseline: reconstruction, the top
-   refusal latent discovery found, and the demo's summary. Held-out steering is measured after
-   with `saesteer sweep` on the specs each run wrote (docs/RESULTS.md has the command).
+3. The table compares each SAE with the demo SAE given by --baseline: reconstruction, the
+   latents discovery picked, and the demo's summary.
+4. How cleanly each SAE's latents separate the model's own refusals from its compliances on
+   answers to prompts no SAE was trained on (--held-out-answers: responses.jsonl files of an
+   evaluation, coherent rows only, the judge's verdict as the label): per latent, the AUROC of
+   its maximum over the answer tokens; the best latent, how many pass 0.9, and discovery's picks.
+   Held-out steering is measured after with `saesteer sweep` on the specs each run wrote
+   (docs/RESULTS.md has the command).
 
 Every stage resumes.
 """
@@ -23,6 +28,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -82,6 +89,23 @@ def describe(run: Path) -> dict:
             "runs": summary.get("runs", {})}
 
 
+def answer_separation(lm, sae_dir: Path, rows: list[dict], picked: list[int], layer: int) -> dict:
+    from saesteer.discover import auroc, pooled_codes
+    from saesteer.sae import load_sae
+
+    sae = load_sae(sae_dir).to(lm.device)
+    conversations = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
+                     for r in rows]
+    maxes, _, _, _ = pooled_codes(lm, sae, layer, conversations, "response", batch_size=16)
+    y = torch.tensor([bool(r["refusal"]) for r in rows])
+    scores = auroc(maxes[y], maxes[~y])
+    best = int(scores.argmax())
+    return {"refusals": int(y.sum()), "compliances": int((~y).sum()), "best_latent": best,
+            "best_auroc": float(scores[best]), "latents_over_0.9": int((scores > 0.9).sum()),
+            "latents_over_0.8": int((scores > 0.8).sum()),
+            "picked": {str(f): float(scores[f]) for f in picked}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -93,6 +117,10 @@ def main() -> None:
     ap.add_argument("--exclude", default=HELD_OUT, help="held-out sets whose prompts must not be answered")
     ap.add_argument("--expansion", type=int, action="append", help="SAE width multiple(s); default 8")
     ap.add_argument("--baseline", type=Path, default=Path("runs/demo"), help="a finished `saesteer demo` folder")
+    ap.add_argument("--held-out-answers", type=Path, nargs="*", default=[
+        Path("runs/sweep_demo_pub/runs/none/refusal/responses.jsonl"),
+        Path("runs/sweep_demo_pub/runs/caa-L9-1.5/refusal/responses.jsonl")],
+        help="responses.jsonl files of the model's answers to held-out prompts")
     args = ap.parse_args()
 
     from saesteer.demo import DemoConfig, run_demo
@@ -100,13 +128,21 @@ def main() -> None:
     from saesteer.models import load_model
 
     out = ensure_dir(args.out)
-    corpus = own_answers(load_model(args.model), out, args)
+    lm = load_model(args.model)
+    corpus = own_answers(lm, out, args)
     results = {"baseline": describe(args.baseline)} if (args.baseline / "discover").exists() else {}
     for expansion in args.expansion or [8]:
         run = out / f"demo_x{expansion}"
         run_demo(DemoConfig(out=run, model=args.model, layer=args.layer, corpus=f"offline+{corpus.resolve()}",
                             expansion=expansion))
         results[f"own_x{expansion}"] = describe(run)
+    from saesteer.files import read_jsonl
+
+    held_out = [r for path in args.held_out_answers if path.exists() for r in read_jsonl(path) if r.get("coherent", True)]
+    if held_out:
+        for name, r in results.items():
+            r["separation"] = answer_separation(lm, Path(r["run"]) / "sae", held_out,
+                                                [f["feature"] for f in r["latents"]], args.layer)
     write_json(out / "comparison.json", results)
     for name, r in results.items():
         print(f"\n{name}: FVU {r['fvu']:.3f}, dead {r['dead']:.1%}")
@@ -116,6 +152,8 @@ def main() -> None:
                   f"{f['caa_cos']:.2f}, causal score {f['causal_score']}")
         for line in r["lines"]:
             print(f"  {line}")
+        if "separation" in r:
+            print(f"  held-out answers: {json.dumps(r['separation'])}")
 
 if __name__ == "__main__":
     main()

@@ -103,7 +103,7 @@ class ResponseSet:
     natural: list[bool] = field(default_factory=list)
 
 
-def _pooled_codes(lm: ChatModel, sae: Any, layer: int, items: list, select: str,
+def pooled_codes(lm: ChatModel, sae: Any, layer: int, items: list, select: str,
                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[list[int], torch.Tensor]]]:
     """Per item: max, mean and firing fraction of every latent over the selected tokens,
     plus (token ids, selected-token mask) to find contexts later."""
@@ -229,10 +229,10 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
 
     # 2. Scores on response tokens and on prompt tokens.
     say("[discover] encoding responses and prompts with the SAE")
-    r_max, r_mean, r_freq, r_tokens = _pooled_codes(lm, sae, point.layer, responses.conversations, "response",
+    r_max, r_mean, r_freq, r_tokens = pooled_codes(lm, sae, point.layer, responses.conversations, "response",
                                                     config.batch_size)
     refusal = torch.tensor(responses.refusal)
-    p_max, p_mean, _, p_tokens = _pooled_codes(lm, sae, point.layer, rank_harmful + rank_harmless, "content",
+    p_max, p_mean, _, p_tokens = pooled_codes(lm, sae, point.layer, rank_harmful + rank_harmless, "content",
                                                config.batch_size)
     harm = torch.tensor([True] * len(rank_harmful) + [False] * len(rank_harmless))
     scores = {
