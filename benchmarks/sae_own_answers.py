@@ -89,21 +89,35 @@ def describe(run: Path) -> dict:
             "runs": summary.get("runs", {})}
 
 
-def answer_separation(lm, sae_dir: Path, rows: list[dict], picked: list[int], layer: int) -> dict:
+class _Stacked:
+    """Several SAEs read as one, so the model runs once for all of them."""
+
+    def __init__(self, saes: list) -> None:
+        self.saes, self.W_dec = saes, saes[0].W_dec
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([sae.encode(x) for sae in self.saes], dim=-1)
+
+
+def answer_separation(lm, sae_dirs: list[Path], rows: list[dict], picked: list[list[int]], layer: int) -> list[dict]:
+    """Per SAE: how well each latent's maximum over an answer separates refusals from compliances."""
     from saesteer.discover import auroc, pooled_codes
     from saesteer.sae import load_sae
 
-    sae = load_sae(sae_dir).to(lm.device)
+    saes = [load_sae(d).to(lm.device) for d in sae_dirs]
     conversations = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
                      for r in rows]
-    maxes, _, _, _ = pooled_codes(lm, sae, layer, conversations, "response", batch_size=16)
+    maxes, _, _, _ = pooled_codes(lm, _Stacked(saes), layer, conversations, "response", batch_size=16)
     y = torch.tensor([bool(r["refusal"]) for r in rows])
-    scores = auroc(maxes[y], maxes[~y])
-    best = int(scores.argmax())
-    return {"refusals": int(y.sum()), "compliances": int((~y).sum()), "best_latent": best,
-            "best_auroc": float(scores[best]), "latents_over_0.9": int((scores > 0.9).sum()),
-            "latents_over_0.8": int((scores > 0.8).sum()),
-            "picked": {str(f): float(scores[f]) for f in picked}}
+    results = []
+    for codes, features in zip(maxes.split([sae.W_dec.shape[0] for sae in saes], dim=1), picked):
+        scores = auroc(codes[y], codes[~y])
+        best = int(scores.argmax())
+        results.append({"refusals": int(y.sum()), "compliances": int((~y).sum()), "best_latent": best,
+                        "best_auroc": float(scores[best]), "latents_over_0.9": int((scores > 0.9).sum()),
+                        "latents_over_0.8": int((scores > 0.8).sum()),
+                        "picked": {str(f): float(scores[f]) for f in features}})
+    return results
 
 
 def main() -> None:
@@ -124,7 +138,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from saesteer.demo import DemoConfig, run_demo
-    from saesteer.files import ensure_dir, write_json
+    from saesteer.files import ensure_dir, read_jsonl, write_json
     from saesteer.models import load_model
 
     out = ensure_dir(args.out)
@@ -136,13 +150,12 @@ def main() -> None:
         run_demo(DemoConfig(out=run, model=args.model, layer=args.layer, corpus=f"offline+{corpus.resolve()}",
                             expansion=expansion))
         results[f"own_x{expansion}"] = describe(run)
-    from saesteer.files import read_jsonl
-
     held_out = [r for path in args.held_out_answers if path.exists() for r in read_jsonl(path) if r.get("coherent", True)]
     if held_out:
-        for name, r in results.items():
-            r["separation"] = answer_separation(lm, Path(r["run"]) / "sae", held_out,
-                                                [f["feature"] for f in r["latents"]], args.layer)
+        separations = answer_separation(lm, [Path(r["run"]) / "sae" for r in results.values()], held_out,
+                                        [[f["feature"] for f in r["latents"]] for r in results.values()], args.layer)
+        for r, separation in zip(results.values(), separations):
+            r["separation"] = separation
     write_json(out / "comparison.json", results)
     for name, r in results.items():
         print(f"\n{name}: FVU {r['fvu']:.3f}, dead {r['dead']:.1%}")
@@ -154,6 +167,7 @@ def main() -> None:
             print(f"  {line}")
         if "separation" in r:
             print(f"  held-out answers: {json.dumps(r['separation'])}")
+
 
 if __name__ == "__main__":
     main()
