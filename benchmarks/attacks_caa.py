@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--plot", type=Path, help="PNG: attack success per family for every condition, with 95%% intervals")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated conditions to run now (split one comparison over processes sharing --out; "
+                         "a last run without --only resumes them all and prints the table)")
     args = ap.parse_args()
 
     from saesteer.attacks.single_turn import AttackEvalConfig, evaluate_attacks
@@ -69,6 +72,12 @@ def main() -> None:
     if not args.no_caa:
         conditions[f"caa{args.value:g}"] = caa_spec(lm, out, args.layer, args.value)
     conditions.update(dict(item.split("=", 1) for item in args.spec))
+    if args.only is not None:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - set(conditions))
+        if unknown:
+            sys.exit(f"error: --only names no condition: {', '.join(unknown)} (known: {', '.join(conditions)})")
+        conditions = {k: v for k, v in conditions.items() if k in wanted}
     summaries = {}
     for name, spec in conditions.items():
         print(f"[attacks] {name}", file=sys.stderr, flush=True)
@@ -81,6 +90,8 @@ def main() -> None:
             # `all` is the main run's; the prompt-only and generated-only positions run here
             cfg.attacks, cfg.positions, cfg.benign = "prefill,prefill_steps", "prompt,generated", None
             summaries[f"{name} prefill"] = evaluate_attacks(lm, out / f"{name}_prefill_positions", cfg, spec)
+    if args.only is not None:
+        return
     print_table(summaries)
     if args.plot:
         plot_families(summaries, args.plot)

@@ -53,16 +53,24 @@ def advbench(subset: str | None) -> list[Record]:
                    meta={"target": r.get("target")}) for i, r in enumerate(rows)]
 
 
+HARMBENCH_KINDS = ("standard", "contextual")
+
+
 def harmbench(subset: str | None) -> list[Record]:
-    split = subset or "test"
-    if split not in ("test", "val", "all"):
-        raise SaesteerError("harmbench subsets are test, val and all (e.g. harmbench:val)")
+    """HarmBench's text behaviours; `subset` is a split (test, val, all), a functional category
+    (standard, contextual: of the test split), or both (`val-standard`)."""
+    split, _, kind_wanted = (subset or "test").partition("-")
+    if split in HARMBENCH_KINDS and not kind_wanted:
+        split, kind_wanted = "test", split
+    if split not in ("test", "val", "all") or kind_wanted not in ("", *HARMBENCH_KINDS):
+        raise SaesteerError(f"unknown harmbench subset {subset!r}: use a split (test, val, all), a functional "
+                            "category (standard, contextual) or both (e.g. harmbench:val-standard)")
     name = f"harmbench_behaviors_text_{split}.csv"
     rows = _csv_rows(local_or_download(f"harmbench/{name}", f"{HARMBENCH_URL}/{name}"))
     out = []
     for r in rows:
         kind = r["FunctionalCategory"]
-        if kind == "copyright":  # judged by hashing, not refusal
+        if kind == "copyright" or (kind_wanted and kind != kind_wanted):  # copyright: judged by hashing, not refusal
             continue
         prompt = r["Behavior"]
         if kind == "contextual" and r.get("ContextString"):
