@@ -66,18 +66,19 @@ def main() -> None:
     from saesteer.files import ensure_dir
     from saesteer.models import load_model
 
-    out = ensure_dir(args.out)
-    lm = load_model(args.model)
-    conditions = {"none": None}
-    if not args.no_caa:
-        conditions[f"caa{args.value:g}"] = caa_spec(lm, out, args.layer, args.value)
-    conditions.update(dict(item.split("=", 1) for item in args.spec))
+    caa_name = None if args.no_caa else f"caa{args.value:g}"
+    conditions = {"none": None, **({caa_name: None} if caa_name else {}),
+                  **dict(item.split("=", 1) for item in args.spec)}
     if args.only is not None:
         wanted = args.only.split(",")
         unknown = sorted(set(wanted) - set(conditions))
         if unknown:
-            sys.exit(f"error: --only names no condition: {', '.join(unknown)} (known: {', '.join(conditions)})")
+            ap.error(f"--only names no condition: {', '.join(unknown)} (known: {', '.join(conditions)})")
         conditions = {k: v for k, v in conditions.items() if k in wanted}
+    out = ensure_dir(args.out)
+    lm = load_model(args.model)
+    if caa_name in conditions:
+        conditions[caa_name] = caa_spec(lm, out, args.layer, args.value)
     summaries = {}
     for name, spec in conditions.items():
         print(f"[attacks] {name}", file=sys.stderr, flush=True)
