@@ -10,7 +10,9 @@ positions), and runs `saesteer eval attacks` through the API for each condition:
 and any --spec NAME=FILE. The prefilling attacks (and the plain request) also run with steering
 on the prompt only and on the generated tokens only, for every steered condition. Each
 condition's folder holds responses.jsonl, summary.json and run.json (the spec and its hash); the
-table printed at the end puts the attack success rates side by side. Every run resumes.
+table printed at the end puts the attack success rates side by side. Every run resumes, so one
+comparison can be split over processes sharing --out (`--only none,X` and `--only caa1.5,Y`, one
+torch thread each), then printed by a last run without --only.
 """
 
 from __future__ import annotations
