@@ -33,8 +33,11 @@ def harmbench_dir(tmp_path):
     set_data_dir(None)
 
 
+def ids(spec: str) -> list[str]:
+    return [r.id for r in load_records(spec)]
+
+
 def test_harmbench_subsets_pick_a_split_a_functional_category_or_both(harmbench_dir):
-    ids = lambda spec: [r.id for r in load_records(spec)]  # noqa: E731
     assert ids("harmbench") == ["harmbench-lock", "harmbench-doc"]          # copyright is never a refusal test
     assert ids("harmbench:standard") == ["harmbench-lock"]
     (doc,) = load_records("harmbench:contextual")
