@@ -93,7 +93,7 @@ class _Stacked:
     """Several SAEs read as one, so the model runs once for all of them."""
 
     def __init__(self, saes: list) -> None:
-        self.saes, self.W_dec = saes, saes[0].W_dec
+        self.saes, self.W_dec = saes, saes[0].W_dec   # pooled_codes reads W_dec only for its dtype
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([sae.encode(x) for sae in self.saes], dim=-1)
