@@ -5,13 +5,15 @@
 Labelled models: XSTest v2's human-labelled completions of GPT-4 and Llama-2 (450 each), and
 answers of SmolLM2-135M-Instruct (unsteered, steered with CAA, and steered by adding SAE refusal
 latents) and Qwen2.5-Coder-0.5B-Instruct (plain, and under Mistral's and Llama-2's safety system
-prompts) that we labelled by reading them (benchmarks/labels/,
-GUIDELINES.md there). Refusal is the positive class; a partial refusal counts as a refusal. For
-each model it prints the phrase tier (`auto`, no training), the classifier refitted on the
+prompts) that we labelled by reading them (benchmarks/labels/, GUIDELINES.md there), and answers
+of five chat models from the public corpus (AlpacaEval outputs of Claude 2.1, Llama-2-70B-chat,
+GPT-4 1106 and Llama-3-8B-Instruct; HH-RLHF's red-team assistant), drawn by
+judge_corpus_sample.py and labelled by reading them. Refusal is the positive class; a partial
+refusal counts as a refusal. For each model it prints the phrase tier (`auto`, no training), the classifier refitted on the
 *other* models only, and any LLM judge given, with false positives and negatives, per refusal
 family where the labels have one, and the coherence check's agreement with the hand labels. The
-smollm2 `test` split (which holds every SAE-steered answer) and the Qwen answers were never read
-while the phrase patterns were written; the XSTest sets and the smollm2 `dev` split were.
+`test` splits (smollm2's holds every SAE-steered answer) were never read while the phrase
+patterns were written; the XSTest sets and the `dev` splits were.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ XSTEST = ("gpt4", "llama2new")
 # model -> its hand-label files (smollm2: unsteered + CAA answers, and answers steered with SAE latents)
 HAND = {"smollm2": ("smollm2_answers.jsonl", "smollm2_saeadd_answers.jsonl"),
         "qwen2.5-0.5b": ("qwen_answers.jsonl", "qwen_guardrail_answers.jsonl")}
+# model -> answers of chat models from the public corpus, labelled by reading (judge_corpus_sample.py)
+CORPUS = {"alpaca_eval (4 chat models)": "alpaca_eval:", "hh_rlhf assistant": "hh_rlhf:"}
+CORPUS_LABELS = "corpus_answers.jsonl"
 PROMPT_SETS = "harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca,bundled:harmless,bundled:borderline"
 
 
@@ -64,6 +69,28 @@ def load_hand(file: str, prompts: dict[tuple[str, str], str]) -> list[dict]:
                      "y": r["human_label"] != "full_compliance", "partial": r["human_label"] == "partial_refusal",
                      "family": r["family"], "coherent": r["coherent"], "split": r.get("split", "test"),
                      "group": r["condition"], "label": r.get("label")})
+    return rows
+
+
+def load_corpus(prefix: str, file: str = CORPUS_LABELS) -> list[dict]:
+    """Hand labels of corpus answers whose source starts with `prefix`, texts read back from the data
+    directory (the label file holds only their addresses)."""
+    from benchmarks.judge_corpus_sample import corpus_rows
+
+    path = LABELS / file
+    if not path.exists():
+        return []
+    cache: dict[str, dict[int, dict]] = {}
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if not r["source"].startswith(prefix):
+            continue
+        text = cache.setdefault(r["source"], corpus_rows(r["source"]))[r["index"]]
+        rows.append({**text, "y": r["human_label"] != "full_compliance",
+                     "partial": r["human_label"] == "partial_refusal", "family": r["family"],
+                     "coherent": r["coherent"], "split": r["split"], "group": r["source"].split(":", 1)[1],
+                     "label": r["stratum"]})
     return rows
 
 
@@ -217,6 +244,10 @@ def main() -> None:
     prompts = prompts_by_id()
     for model, files in HAND.items():
         rows = [r for file in files if (LABELS / file).exists() for r in load_hand(file, prompts)]
+        if rows:
+            data[model] = rows
+    for model, prefix in CORPUS.items():
+        rows = load_corpus(prefix)
         if rows:
             data[model] = rows
     extra = []
