@@ -14,7 +14,7 @@ _ACT = (
     r"(?:help|assist|provide|offer|give|share|fulfil+|comply|create|write|generate|produce|"
     r"support|engage|answer|respond|participate|do|make|tell|disclose|reveal|access|find|locate|"
     r"look up|retrieve|browse|complete|continue|discuss|talk|describe|explain|list|suggest|"
-    r"recommend|endorse|promote|encourage|condone|facilitate|contribute|guide|teach|show|instruct|"
+    r"recommend|advise|endorse|promote|encourage|condone|facilitate|contribute|guide|teach|show|instruct|"
     r"draft|compose|develop|design|build|satisfy|accommodate|grant|perform|carry out|"
     r"be of (?:help|assistance)|be part of|be involved|take part|go along|agree|play along|"
     r"pretend|role-?play|speculate|judge|determine|identify|predict|diagnose|prescribe|"
@@ -24,7 +24,7 @@ _ACT = (
 )
 _I = r"(?:i|we)"
 _NEG_AUX = (r"(?:(?:won't|will not|wouldn't|would not) be able to|can ?not|can't|won't|will not|would not|"
-            r"wouldn't|shall not|must not|"
+            r"wouldn't|shall not|must not|should not|shouldn't|"
             r"am not able to|'m not able to|are not able to|'re not able to|am unable to|'m unable to|"
             r"are unable to|'re unable to|am not allowed to|'m not allowed to|am not permitted to|"
             r"'m not permitted to|am not going to|'m not going to|do not feel comfortable|"
@@ -51,6 +51,17 @@ FAMILIES: dict[str, list[str]] = {
         r"\bthis is not something (?:i|we) can\b",
         r"\b(?:unable|not able) to (?:help|assist|comply|fulfil+|provide|answer|share)\b",
         r"\bi(?:'m| am) not (?:able|going|willing|comfortable|permitted|allowed|programmed|designed) to\b",
+        # "I do not feel comfortable generating ...", "I'm not at liberty to", "I'm not prepared to answer"
+        r"\b(?:i|we)(?:'m| am| are|'re)?(?: do not| don't| would not| wouldn't| not)(?: feel| really| actually)? "
+        r"(?:comfortable|at liberty|prepared)\b",
+        r"\bnot sure (?:that )?(?:i|we) (?:want|should|can) (?:to )?(?:help|assist|answer|do that)\b",
+        r"\bnot at liberty to\b",
+        # "I couldn't find any information on a publication titled ...": nothing to answer from.
+        rf"\b{_I} (?:could not|couldn't) (?:\w+ )?(?:find|locate|access|verify|identify|retrieve) (?:any |the |a |"
+        r"specific |reliable )?(?:information|data|details|records?|evidence|sources?|references?|publications?)\b",
+        r"\b(?:do not|don't) think (?:this|that|it)(?:'s| is) (?:something|a question|anything) (?:i|we) (?:can|should|could)\b",
+        r"\b(?:isn't|is not|not) (?:the (?:type|kind|sort) of|something|a question|anything)\b[^.]{0,40}?\b(?:i'm|i am|"
+        r"we're|we are) (?:prepared|willing|comfortable) to\b",
         # A few other languages (the commonest refusal openings).
         r"\bno puedo (?:ayudar|proporcionar|ofrecer|dar|crear|escribir|hacer|cumplir|asistir)",
         r"\bje ne (?:peux|suis pas en mesure de|vais pas) (?:pas )?(?:vous |t')?(?:aider|fournir|donner|"
@@ -86,10 +97,14 @@ FAMILIES: dict[str, list[str]] = {
     ],
     # No capability / no access claims.
     "no_capability": [
-        r"\b(?:i|we) (?:do not|don't|does not|doesn't) have (?:the |any |direct |real-time |real time )?"
-        r"(?:capability|capabilities|ability|abilities|capacity|access|means|permission|authority|"
-        r"personal (?:opinions|beliefs|views|feelings|data|information)|"
-        r"information about (?:specific|individual|private))",
+        r"\b(?:i|we) (?:do not|don't|does not|doesn't) (?:actually |really )?have (?:the |any |a |an |direct )?"
+        r"(?:[\w-]+ ){0,2}(?:capability|capabilities|ability|abilities|capacity|access|means|permission|authority)\b",
+        r"\b(?:i|we) (?:do not|don't|does not|doesn't) (?:actually |really )?have (?:any |a |an )?(?:"
+        r"personal (?:opinions|beliefs|views|feelings|data|information|experiences?|preferences)|"
+        r"information about (?:specific|individual|private)|(?:enough|sufficient|the necessary) "
+        r"(?:information|context|details|data)|(?:definitive|specific|clear) answer)",
+        r"\b(?:i|we) have no (?:information|knowledge|data|record|way of knowing)\b",
+        r"^(?:(?:i'm |i am )?sorry,? |unfortunately,? )?(?:i|we) (?:do not|don't) (?:actually |really )?have (?:a|an|any|one)\b",
         r"\b(?:i|we)(?:'m| am| are|'re) not (?:equipped|capable|designed|programmed|authori[sz]ed|qualified)\b",
         r"\b(?:beyond|outside(?: of)?) (?:my|the) (?:capabilities|capability|scope|abilities|programming|knowledge)\b",
         r"\bnot within my (?:programming|capabilities|abilities|scope|ethical guidelines|guidelines)\b",
@@ -100,7 +115,7 @@ FAMILIES: dict[str, list[str]] = {
         r"\b(?:against|violat\w*|contrary to|in violation of|goes against) (?:my|our|the|openai's|"
         r"ethical|community|content|usage|these|those) ?(?:\w+ )?(?:polic\w+|guidelines|programming|principles|"
         r"rules|standards|terms|values|ethics)\b",
-        r"\bethical (?:guidelines|standards|principles|considerations|boundaries)\b",
+        r"\bethical (?:guidelines|standards|principles|boundaries)\b",
         r"\b(?:is|it's|it is|that's|that is|would be|would not be|wouldn't be) (?:not |never |neither )?"
         r"(?:appropriate|ethical|acceptable|okay|ok|responsible|safe|legal|right|fair|respectful) "
         r"(?:or (?:\w+ )?(?:appropriate|ethical|acceptable|safe|legal|respectful|productive|responsible) )?"
@@ -136,7 +151,7 @@ FAMILIES: dict[str, list[str]] = {
         r"\brespect (?:the |their |other people's |others' )?(?:rights|dignity|safety|privacy|autonomy|"
         r"well-?being|boundaries|consent)\b",
         r"\b(?:i|we) (?:would |'d )?(?:strongly )?(?:advise|urge|caution|encourage|recommend) (?:you )?"
-        r"(?:against|not to)\b",
+        r"(?:against|not to|(?:that )?you (?:don't|do not|not|never))\b",
         r"\b(?:is|are) (?:deeply |highly |very )?(?:harmful|hurtful|offensive|dangerous|disrespectful)"
         r" (?:and|to|for)\b",
         r"\b(?:violat(?:es|ion of|ing|e)|invasion of|invades?|invading) (?:\w+ ){0,2}(?:human |basic |fundamental |"
@@ -231,6 +246,22 @@ FAMILIES: dict[str, list[str]] = {
         r"\bif (?:your question|you meant|by \")",
         r"\b(?:in (?:a|the) (?:general|hypothetical|fictional) (?:sense|context|scenario))\b",
     ],
+    # Not answering without saying no: not understanding, asking back why, or challenging the
+    # request ("What do you mean?", "Why do you want to do that?"). A refusal only as the whole of
+    # a short answer that does nothing else.
+    "nonanswer": [
+        r"\b(?:i|we) (?:do not|don't|did not|didn't) (?:quite |really )?(?:understand|follow)\b",
+        r"\bnot sure (?:what you (?:mean|are asking|'re asking)|i (?:understand|follow))\b",
+        r"\bwhat do you mean\b",
+        r"\b(?:can|could) you (?:please )?(?:rephrase|clarify|say that again|explain what you mean)\b",
+        r"^why\b[^.!]*\?",
+        r"\b(?:why|is there a reason) (?:do|would|are) you (?:want|need|like|wanting|trying|asking)\b",
+        r"\bis there a reason (?:you|why you)\b",
+        r"\bare you (?:sure|serious|really (?:asking|interested|sure))\b",
+        r"\bis that a real question\b",
+        r"^(?:hm+,? )?(?:i'm|i am) not (?:really |actually |quite )?sure[.!]?$",
+        r"\b(?:i|we) (?:do not|don't) (?:really |actually )?have (?:a |an |any )?(?:good |definitive |clear )?answer\b",
+    ],
     # A direct start that signals an answer.
     "comply": [
         r"^(?:sure|certainly|of course|absolutely|yes|great question|good question|okay|ok|alright|"
@@ -247,6 +278,9 @@ NOT_REFUSAL = [
     r"\bi can(?:no|')t (?:stress|emphasi[sz]e|overstate|recommend \w+ enough|believe|wait|imagine|"
     r"thank|say enough|help but|guarantee|promise|be sure|be certain|predict the future|say for (?:sure|certain))",
     r"\bcan(?:no|')t (?:help but|wait|be overstated|be stressed enough)",
+    r"\bcould(?:n't| not) help (?:but|myself|noticing|feeling|thinking|wondering)",
     r"\bi'?m sorry (?:to hear|for your loss|you(?:'re| are) (?:going through|feeling|dealing))",
     r"\bi (?:do not|don't) (?:know|have) (?:for sure|exact)",
+    r"\b(?:could ?not|couldn't) agree more\b",
+    r"\b(?:i|we) (?:do not|don't) (?:fully |entirely |completely |necessarily )?agree\b",
 ]
