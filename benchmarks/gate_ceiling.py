@@ -11,7 +11,11 @@ against each safe set, the test rates at the calibrated thresholds, and an oracl
 rate at a threshold chosen on the test safe prompts themselves (5% false positives), which no
 calibration can beat.
 
-    SAESTEER_DATA=/work/shared/data python benchmarks/gate_ceiling.py [--model smollm2] [--layers 6,9,12,15]
+With `--draft N` it also reads the unsteered model's own first N answer tokens ("draft" pooling:
+the mean residual over the draft, the prompt unseen by the mean), the way a gate that drafts an
+answer before deciding to steer would.
+
+    SAESTEER_DATA=/work/shared/data python benchmarks/gate_ceiling.py [--model smollm2] [--layers 6,9,12,15] [--draft 24]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from saesteer.data.registry import load_records
 from saesteer.discover import auroc
+from saesteer.generate import GenerationConfig, generate
 from saesteer.models import load_model
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.directions import mean_residuals
@@ -58,6 +63,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--layers", default="6,9,12,15")
+    ap.add_argument("--draft", type=int, default=0, metavar="N",
+                    help="also pool over the unsteered model's first N answer tokens")
     args = ap.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
     lm = load_model(args.model)
@@ -68,10 +75,16 @@ def main() -> None:
         for select in ("content", "last"):
             feats[name, select] = mean_residuals(lm, prompts, layers, select=select, batch_size=16,
                                                  progress=f"{name} ({select})")
+        if args.draft:
+            drafts = generate(lm, prompts, GenerationConfig(max_new_tokens=args.draft, batch_size=16),
+                              progress=f"{name} (draft)")
+            convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": d.text or "."}]
+                     for p, d in zip(prompts, drafts)]
+            feats[name, "draft"] = mean_residuals(lm, convs, layers, select="response", batch_size=16)
     print("| pooling | layer | detector | AUROC vs XSTest safe / JBB benign / harmless / borderline | "
           "test TPR / FPR at calibrated 0% | at calibrated 5% | oracle TPR at 5% test FPR |")
     print("|---|---|---|---|---|---|---|")
-    for select in ("content", "last"):
+    for select in ("content", "last") + (("draft",) if args.draft else ()):
         for layer in layers:
             def get(name: str) -> torch.Tensor:
                 return feats[name, select][layer].double()
