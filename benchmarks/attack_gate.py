@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -77,6 +76,7 @@ def main() -> None:
     from saesteer.attacks.catalog import resolve_attacks
     from saesteer.data import load_records
     from saesteer.evaluate.detector import five_shot_mmlu
+    from saesteer.files import write_json
     from saesteer.models import load_model
     from saesteer.steer import SteeringSpec
     from saesteer.steer.conditions import threshold_for_fpr
@@ -138,7 +138,7 @@ def main() -> None:
                                    description=f"{base.description or ''} (gate: {name}, benchmarks/attack_gate.py)")
         spec.save(args.out / f"{name}.yaml")
         report[name] = {"fires_unsafe_safe": fires, "spec": str(args.out / f"{name}.yaml")}
-    (args.out / "firing.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json(args.out / "firing.json", report)
 
     print(f"\nfires on unsafe / safe prompts ({args.test_unsafe} / {args.test_safe}, {args.limit} each; "
           f"threshold at {args.fpr:.0%} on {args.calibration}):\n")

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saesteer.data.sources import data_dir  # noqa: E402
+from saesteer.files import write_text  # noqa: E402
 
 ALPACA_EVAL = {"claude-2.1": (64, 16), "llama-2-70b-chat-hf": (36, 24),
                "gpt4_1106_preview": (30, 10), "Meta-Llama-3-8B-Instruct": (21, 9)}
@@ -92,12 +93,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = draw(args.seed)
     cache: dict[str, dict[int, dict]] = {}
-    with open(args.out, "w", encoding="utf-8") as f:
-        for r in rows:
-            if args.with_text:
-                text = cache.setdefault(r["source"], corpus_rows(r["source"]))[r["index"]]
-                r = {**r, **text}
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    if args.with_text:
+        rows = [{**r, **cache.setdefault(r["source"], corpus_rows(r["source"]))[r["index"]]} for r in rows]
+    write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"{len(rows)} rows -> {args.out}")
 
 
