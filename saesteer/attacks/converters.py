@@ -1,4 +1,4 @@
-"""Text converters for encoding attacks, each with its inverse, in the manner of PyRIT's prompt
+"""Text converters for encoding attacks, each with its inverse where one exists, in the manner of PyRIT's prompt
 converters (pyrit/converter/*.py, PyRIT 1.1.0) and the encodings of Wei et al. 2023.
 
 A converter turns the request into the payload an attack sends; its decoder turns text in that
@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import hashlib
+import random
 import re
 
 _ENGLISH = set("""the a an and or of to in is are be it that this for on with as at by from
@@ -145,6 +147,54 @@ def flip(text: str) -> str:
 def disemvowel(text: str) -> str:
     """Vowels removed (Wei et al. 2023); cannot be undone, so its decoder is the identity."""
     return re.sub(r"[aeiouAEIOU]", "", text)
+
+
+# --- Best-of-N augmentations (Hughes et al. 2024, arXiv:2412.03556; PyRIT RandomCapitalLettersConverter,
+# CharSwapConverter) ------------------------------------------------------------------------------
+# Typos and odd casing that a reader, small models included, still understands, but that move the
+# request off the token sequences refusal training saw. Each draw is seeded by the text itself, so a
+# request always gets the same augmentation; Best-of-N proper samples many and keeps any success.
+
+def _rng(text: str, salt: str) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256(f"{salt}\0{text}".encode()).digest()[:8], "big"))
+
+
+def random_capitalization(text: str, p: float = 0.6) -> str:
+    """Each character upper-cased with probability `p` (BoN: 0.6), the rest lower-cased."""
+    rng = _rng(text, "caps")
+    return "".join(c.upper() if rng.random() < p else c.lower() for c in text)
+
+
+def word_scramble(text: str, p: float = 0.6) -> str:
+    """The middle letters of each word longer than three letters shuffled with probability `p` (BoN:
+    0.6); first and last letters stay, so the word stays readable."""
+    rng = _rng(text, "scramble")
+
+    def word(m: re.Match) -> str:
+        w = m.group(0)
+        if len(w) <= 3 or rng.random() >= p:
+            return w
+        middle = list(w[1:-1])
+        rng.shuffle(middle)
+        return w[0] + "".join(middle) + w[-1]
+    return re.sub(r"[^\W\d_]+", word, text)
+
+
+def character_noise(text: str, p: float = 0.06) -> str:
+    """Each printable ASCII character moved one code point up or down with probability `p` (BoN:
+    0.06); other characters, non-ASCII included, pass through."""
+    rng = _rng(text, "noise")
+    out = []
+    for c in text:
+        if 32 < ord(c) < 126 and rng.random() < p:
+            c = chr(ord(c) + rng.choice((-1, 1)))
+        out.append(c)
+    return "".join(out)
+
+
+def best_of_n_augment(text: str) -> str:
+    """The three augmentations together, as BoN jailbreaking draws them."""
+    return character_noise(random_capitalization(word_scramble(text)))
 
 
 # --- decoders for answers ------------------------------------------------------------------------
