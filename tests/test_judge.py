@@ -498,3 +498,30 @@ def test_cli_unknown_judge(tmp_path):
 def test_judgement_json():
     d = Judgement(True, True, 0.7, "phrase", ["x"]).to_json()
     assert d["label"] == "partial_refusal" and d["refusal"] is True
+
+
+def test_resume_refuses_an_edited_answer_and_the_input_as_output(tmp_path):
+    inp = _write(tmp_path / "in.jsonl", PAIRS)
+    out = tmp_path / "out.jsonl"
+    judge_file(inp, out, get_judge("phrase"))
+    _write(inp, [{**PAIRS[0], "response": "Sure, here is how."}, *PAIRS[1:]])
+    with pytest.raises(SaesteerError, match="does not match"):
+        judge_file(inp, out, get_judge("phrase"))
+    with pytest.raises(SaesteerError, match="is the input file"):
+        judge_file(inp, inp, get_judge("phrase"))
+
+
+def test_csv_input_chat_prompts_and_null_answers(tmp_path):
+    import csv
+
+    path = tmp_path / "in.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "response"])
+        w.writeheader()
+        w.writerow({"prompt": "How do I pick a lock?", "response": "I can't help with that."})
+    assert [p.response for p in read_pairs(path)] == ["I can't help with that."]
+    chat = _write(tmp_path / "chat.jsonl", [{"prompt": [{"role": "system", "content": "Be brief."},
+                                                        {"role": "user", "content": "Hi?"}], "response": "Hello."}])
+    assert read_pairs(chat)[0].prompt == "Hi?"
+    with pytest.raises(SaesteerError, match="'response' is null"):
+        read_pairs(_write(tmp_path / "null.jsonl", [{"prompt": "a", "response": None}]))

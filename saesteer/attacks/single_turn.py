@@ -65,7 +65,7 @@ class AttackEvalConfig:
         for name in ("limit", "max_new_tokens", "batch_size", "chunk"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise SaesteerError(f"{name} must be a whole number of at least 1, got {value!r}")
+                raise SaesteerError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
 
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun to resume into the same folder (attacks and positions may grow)."""
@@ -127,6 +127,10 @@ def evaluate_attacks(lm: ChatModel, out: str | Path, config: AttackEvalConfig,
     plan = [Item(row_key(a.name, p, r.id), a, r, p) for p in positions for a in [PLAIN, *attacks] for r in records]
     plan += [Item(row_key("none:safe", p, r.id), PLAIN, r, p, "safe") for p in positions for r in benign]
     done = finished_keys(out / ROWS)
+    stale = next((item for item in plan if done.get(item.key) not in (None, item.record.text)), None)
+    if stale is not None:
+        raise SaesteerError(f"{out} holds an answer to another request under the id {stale.record.id!r} (the dataset "
+                            "changed since that run); use a new --out or delete the folder")
     todo = [item for item in plan if item.key not in done]
     gen_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                system=config.system, seed=config.seed)
@@ -158,15 +162,16 @@ def select_records(datasets: str, limit: int | None, seed: int, harmful: bool = 
     return load_records(datasets, limit=limit, seed=seed, exclude_label="safe" if harmful else "unsafe")
 
 
-def finished_keys(path: Path) -> set[str]:
+def finished_keys(path: Path) -> dict[str, Any]:
+    """Key -> the request of every row an earlier run wrote."""
     if not path.exists():
-        return set()
-    keys = set()
+        return {}
+    keys = {}
     for n, row in enumerate(read_jsonl(path, tolerate_torn_tail=True), 1):
         if not isinstance(row.get("key"), str):
             raise SaesteerError(f"{path}: row {n} has no 'key', so it is not a row of `eval attacks`; "
                                 "delete that line (or the file) and rerun")
-        keys.add(row["key"])
+        keys[row["key"]] = row.get("request")
     return keys
 
 

@@ -98,7 +98,7 @@ def read_template(path: Path) -> tuple[str, str, str]:
     except OSError as e:
         raise SaesteerError(f"cannot read attack template {path}: {e.strerror}") from e
     if path.suffix.lower() not in (".yaml", ".yml"):
-        return text, first_line(text), str(path)
+        return _unfilled_check(path, _PYRIT_SLOT.sub(SLOT, text)), first_line(text), str(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -110,9 +110,21 @@ def read_template(path: Path) -> tuple[str, str, str]:
     if isinstance(params, list) and any(p != "prompt" for p in params):
         raise SaesteerError(f"attack template {path} takes parameters {params}; only `prompt` (the request) "
                             "can be filled in")
-    value = _PYRIT_SLOT.sub(SLOT, data["value"]).strip()
+    value = _unfilled_check(path, _PYRIT_SLOT.sub(SLOT, data["value"]).strip())
     source = " ".join(str(data.get(k)) for k in ("source", "name") if data.get(k)) or str(path)
     return value, str(data.get("description") or data.get("name") or first_line(value)), source
+
+
+_JINJA_SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def _unfilled_check(path: Path, template: str) -> str:
+    """A `{{ name }}` slot other than the request's would reach the model as literal text."""
+    other = _JINJA_SLOT.search(template)
+    if other:
+        raise SaesteerError(f"attack template {path} has a slot {other.group(0)} that saesteer cannot fill (only "
+                            "the request's {{ prompt }} or {request}); write that text into the template")
+    return template
 
 
 def file_attack(path: Path, family: str = "template") -> Attack:

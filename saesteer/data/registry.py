@@ -47,6 +47,11 @@ LOADERS: dict[str, Callable[[str | None], list[Record]]] = {
 }
 
 
+NO_SUBSETS = ("advbench", "strongreject", "alpaca", "truthfulqa", "gsm8k", "hh-rlhf-harmless", "harmful_train",
+              "harmful_val", "harmful_test", "harmless_train", "harmless_val", "harmless_test")
+"""Datasets with no `:subset`; a subset given to one is a typo, not something to ignore."""
+
+
 def dataset_names() -> list[str]:
     return sorted(LOADERS)
 
@@ -76,7 +81,21 @@ def load_records(spec: str, *, limit: int | None = None, seed: int = 0, exclude_
         out += records
     if not out:
         raise SaesteerError("no dataset given")
+    _check_unique(out, spec)
     return out
+
+
+def _check_unique(records: list[Record], spec: str) -> None:
+    """Results are keyed by record id, so two records with one id would overwrite each other."""
+    seen: dict[str, Record] = {}
+    for r in records:
+        first = seen.setdefault(r.id, r)
+        if first is r:
+            continue
+        if first.source == r.source and first.prompt == r.prompt:
+            raise SaesteerError(f"{r.source}/{r.id} is in {spec!r} twice; list each dataset once")
+        raise SaesteerError(f"two prompts in {spec!r} have the id {r.id!r} (from {first.source} and {r.source}); "
+                            "rename one of the files (its name prefixes its rows' ids) or give its rows other ids")
 
 
 SPLITS = ("train", "test")
@@ -107,4 +126,7 @@ def _load_one(spec: str) -> list[Record]:
         raise SaesteerError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}"
                             + (f" (did you mean {close[0]}?)" if close else "")
                             + "; or hf:<id>, or a .jsonl/.csv/.txt file")
+    if subset and name in NO_SUBSETS:
+        raise SaesteerError(f"{name} has no subsets, so {spec!r} names nothing; use {name} (or {name}@train / "
+                            f"{name}@test for a fixed half)")
     return loader(subset or None)

@@ -46,7 +46,11 @@ def _get(row: dict[str, str], *keys: str) -> str:
 # --- safety prompt sets ------------------------------------------------------------------------
 
 
-PROMPT_KEYS = ("prompt", "instruction", "goal", "behavior", "forbidden_prompt", "question", "text", "input")
+PROMPT_KEYS = ("prompt", "instruction", "goal", "behavior", "forbidden_prompt", "request", "query", "question",
+               "text", "input")
+ID_KEYS = ("id", "behaviorid")
+CONTEXT_KEYS = ("contextstring", "context")
+"""A document the request refers to (HarmBench's contextual behaviours), put before it as HarmBench does."""
 CONVERSATION_KEYS = ("messages", "conversation", "conversations")
 LABELS = {"safe": "safe", "unsafe": "unsafe", "harmful": "unsafe", "unharmful": "safe",
           "benign": "safe", "harmless": "safe", "1": "unsafe", "0": "safe", "true": "unsafe", "false": "safe"}
@@ -79,11 +83,14 @@ def _messages(value: list[Any], where: str) -> list[dict[str, str]]:
 def records_from_rows(rows: list[dict[str, Any]], source: str) -> list[Record]:
     """Generic rows → records: finds the prompt (or messages) and an optional safety label."""
     out = []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows):
+        if isinstance(row, str):            # a plain list of requests
+            row = {"prompt": row}
         if not isinstance(row, dict):
             raise SaesteerError(f"{source}: row {i} is {type(row).__name__} {str(row)[:40]}, not an object; "
                                 'write one object per row, like {"prompt": "...", "label": "unsafe"}')
-        lowered = {str(k).lower(): v for k, v in row.items()}
+        lowered = {str(k).lower().strip(): v for k, v in row.items()}
         # A conversation under a conversation key, or under `prompt` (a list of messages).
         key = next((k for k in (*CONVERSATION_KEYS, "prompt") if isinstance(lowered.get(k), list)), None)
         prompt: Any
@@ -96,10 +103,22 @@ def records_from_rows(rows: list[dict[str, Any]], source: str) -> list[Record]:
             if wrong is not None:
                 raise SaesteerError(f"{source}: row {i}: {wrong!r} is {type(lowered[wrong]).__name__} "
                                     f"{repr(lowered[wrong])[:40]}, expected text or a list of messages")
-            raise SaesteerError(f"{source}: row {i} has none of the fields {PROMPT_KEYS + CONVERSATION_KEYS}")
+            raise SaesteerError(f"{source}: row {i} has none of the fields {PROMPT_KEYS + CONVERSATION_KEYS} "
+                                f"(it has {list(row)[:8]}); rename the request's column to 'prompt'")
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise SaesteerError(f"{source}: row {i} has an empty prompt; remove the row or fill it in")
+            context = next((lowered[k] for k in CONTEXT_KEYS if isinstance(lowered.get(k), str) and lowered[k].strip()),
+                           None)
+            if context is not None:
+                prompt = f"{context}\n\n---\n\n{prompt}"
+        rid = next((str(lowered[k]) for k in ID_KEYS if lowered.get(k) not in (None, "")), f"{source}-{i}")
+        seen[rid] = seen.get(rid, 0) + 1
+        if seen[rid] > 1:                   # rows sharing an id (variants of one behaviour) stay apart
+            rid = f"{rid}#{seen[rid]}"
         raw_label = next((lowered[k] for k in ("label", "prompt_harm_label", "harmful") if k in lowered), None)
         label = LABELS.get(str(raw_label).lower()) if raw_label is not None else None
-        out.append(Record(id=str(lowered.get("id", f"{source}-{i}")), prompt=prompt, source=source,
+        out.append(Record(id=rid, prompt=prompt, source=source,
                           label=label, category=lowered.get("category") or lowered.get("type"),
                           reference=lowered.get("reference") or lowered.get("answer")
                           if isinstance(lowered.get("reference") or lowered.get("answer"), str) else None))
@@ -128,7 +147,7 @@ def local_file(path: Path) -> list[Record]:
     if suffix == ".json":
         data = _json(path)
         if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), [])
+            data = next((v for v in data.values() if isinstance(v, list)), data)
         if not isinstance(data, list):
             raise SaesteerError(f"{path} holds a JSON {type(data).__name__}; expected a list of rows "
                                 "(or an object holding one)")

@@ -26,35 +26,59 @@ class Pair:
     response: str
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
-    """Read (prompt, response) pairs from JSON lines; a malformed line is a one-line error."""
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, row) of a JSON-lines or CSV file."""
+    import csv
+    import io
     import json
 
-    path = Path(path)
-    if not path.is_file():
-        raise SaesteerError(f"input file not found: {path}")
-    pairs: list[Pair] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise SaesteerError(f"{path} is not UTF-8 text ({e.reason})") from e
-    for n, line in enumerate(lines, 1):
+    if path.suffix.lower() == ".csv":
+        return [(n, row) for n, row in enumerate(csv.DictReader(io.StringIO(text)), 2)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise SaesteerError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be an object "
-                                "with 'prompt' and 'response'") from e
+                                "with 'prompt' and 'response' (or give a .csv with those columns)") from e
+    return rows
+
+
+def _prompt_text(value: Any) -> Any:
+    """A prompt given as chat messages is judged by its last user turn."""
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        users = [m.get("content") for m in value if m.get("role") == "user"]
+        return users[-1] if users else None
+    return value
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Read (prompt, response) pairs from JSON lines or CSV; a malformed row is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaesteerError(f"input file not found: {path}" + (" (it is a folder; give a .jsonl file)"
+                                                               if path.is_dir() else ""))
+    pairs: list[Pair] = []
+    for n, row in _rows(path):
         if not isinstance(row, dict):
             raise SaesteerError(f"{path}:{n}: expected a JSON object with 'prompt' and 'response'")
         response = row.get("response", row.get("completion"))
-        for key, value in (("prompt", row.get("prompt")), ("response", response)):
-            if value is None:
+        prompt = _prompt_text(row.get("prompt"))
+        for key, value in (("prompt", prompt), ("response", response)):
+            if key not in row and not (key == "response" and "completion" in row):
                 raise SaesteerError(f"{path}:{n}: missing '{key}'")
+            if value is None:
+                raise SaesteerError(f"{path}:{n}: '{key}' is null; give its text ('' if it is empty)")
             if not isinstance(value, str):
-                raise SaesteerError(f"{path}:{n}: '{key}' must be a string, not {type(value).__name__}")
-        pairs.append(Pair(n, row, row["prompt"], response))
+                raise SaesteerError(f"{path}:{n}: '{key}' must be a string (or, for the prompt, a list of chat "
+                                    f"messages), not {type(value).__name__}")
+        pairs.append(Pair(n, row, prompt, response))
     if not pairs:
         raise SaesteerError(f"{path} holds no rows")
     return pairs
@@ -82,7 +106,8 @@ def _finished_rows(out: Path, pairs: list[Pair]) -> int:
         raise SaesteerError(f"{out} holds {len(done)} rows but the input has {len(pairs)}; "
                             "it belongs to another input: choose another --out or delete it")
     for i, (row, pair) in enumerate(zip(done, pairs)):
-        if row.get("prompt") != pair.prompt or "refusal" not in row:
+        if row.get("prompt") != pair.row.get("prompt") or "refusal" not in row \
+                or row.get("response", row.get("completion")) != pair.response:
             raise SaesteerError(f"{out}: row {i + 1} does not match input line {pair.line} "
                                 "(another input?); choose another --out or delete it")
     return len(done)
@@ -105,6 +130,8 @@ def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge, *,
 
     pairs = read_pairs(input_path)
     out = Path(out_path)
+    if out.exists() and out.resolve() == Path(input_path).resolve():
+        raise SaesteerError(f"--out {out} is the input file; write the verdicts to another file")
     done = _finished_rows(out, pairs)
     todo = pairs[done:]
     counts = {"rows": len(pairs), "skipped": done, "judged": 0, "refusals": 0, "partial": 0, "broken": 0}
