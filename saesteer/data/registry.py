@@ -25,7 +25,7 @@ def hub(spec: str) -> list[Record]:
     repo = parts[0]
     config = parts[1] if len(parts) > 2 else None
     split = parts[-1] if len(parts) > 1 else "train"
-    return records_from_rows([dict(r) for r in hub_dataset(repo, config, split=split)], repo)
+    return records_from_rows([dict(r) for r in hub_dataset(repo, config, split=split)], repo, skip_empty=True)
 
 
 LOADERS: dict[str, Callable[[str | None], list[Record]]] = {

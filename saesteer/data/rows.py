@@ -80,8 +80,9 @@ def _messages(value: list[Any], where: str) -> list[dict[str, str]]:
     return out
 
 
-def records_from_rows(rows: list[dict[str, Any]], source: str) -> list[Record]:
-    """Generic rows → records: finds the prompt (or messages) and an optional safety label."""
+def records_from_rows(rows: list[dict[str, Any]], source: str, skip_empty: bool = False) -> list[Record]:
+    """Generic rows → records: finds the prompt (or messages) and an optional safety label. An empty
+    prompt is an error (a file to fix), or left out with `skip_empty` (a hub dataset one cannot fix)."""
     out = []
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
@@ -106,6 +107,8 @@ def records_from_rows(rows: list[dict[str, Any]], source: str) -> list[Record]:
             raise SaesteerError(f"{source}: row {i} has none of the fields {PROMPT_KEYS + CONVERSATION_KEYS} "
                                 f"(it has {list(row)[:8]}); rename the request's column to 'prompt'")
         if isinstance(prompt, str):
+            if not prompt.strip() and skip_empty:
+                continue
             if not prompt.strip():
                 raise SaesteerError(f"{source}: row {i} has an empty prompt; remove the row or fill it in")
             context = next((lowered[k] for k in CONTEXT_KEYS if isinstance(lowered.get(k), str) and lowered[k].strip()),
