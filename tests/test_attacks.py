@@ -204,7 +204,7 @@ def test_evaluate_writes_rates_per_attack_and_resumes(lm, tmp_path, monkeypatch)
     rows = read_jsonl(out / "responses.jsonl")
     assert len(generated) == 4 + 3 and len(rows) == 16 and len({r["key"] for r in rows}) == 16
     assert summary["complete"] and summary["attacks"]["rot13"]["asr"]["n"] == 3
-    with pytest.raises(SaesteerError, match="different run"):
+    with pytest.raises(SaesteerError, match="different run .*max_new_tokens: .* then, 5 now"):
         evaluate_attacks(lm, out, AttackEvalConfig(datasets=str(data), attacks="base64", max_new_tokens=5,
                                                    judge="phrase"), progress=False)
 
@@ -339,6 +339,10 @@ def test_smollm2_prefill_continues_the_prefix(smollm2, tmp_path):
     rows = [r for r in read_jsonl(tmp_path / "run" / "responses.jsonl") if r["attack"] == "prefill"]
     assert summary["complete"] and len(rows) == 2
     assert not any(r["response"].lstrip().lower().startswith("sure, here is") for r in rows)
+
+
+def test_attack_names_ignore_case():
+    assert [a.name for a in resolve_attacks("ROT13,Base64")] == ["rot13", "base64"]
 
 
 def test_template_files_take_pyrit_slots_and_refuse_other_slots(tmp_path):

@@ -49,6 +49,8 @@ def _resolve_one(item: str) -> list[Attack]:
         return list(ALL)
     if item in BY_NAME:                      # `prefill` is an attack before it is a family
         return [BY_NAME[item]]
+    if item != item.lower() and (item.lower() in BY_NAME or item.lower() in FAMILIES):   # ROT13, Base64
+        return _resolve_one(item.lower())
     if item in FAMILIES:
         return [a for a in ALL if a.family == item]
     shots = parse_manyshot(item)

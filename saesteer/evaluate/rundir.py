@@ -19,8 +19,13 @@ def previous_run(out: Path, run_info: dict[str, Any], model_id: str,
     if not isinstance(previous, dict) or not isinstance(previous.get("model", {}), dict):
         raise SaesteerError(f"{path} is not a run record (a JSON object); delete it (or the folder) to start over")
     for key in keys:
-        if previous.get(key) != run_info.get(key):
-            raise SaesteerError(f"{out} holds results of a different run ({key} differs); "
+        before, now = previous.get(key), run_info.get(key)
+        if before != now:
+            what = f"{key} differs"
+            if isinstance(before, dict) and isinstance(now, dict):
+                changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+                what = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed[:3]) or what
+            raise SaesteerError(f"{out} holds results of a different run ({what}); "
                                 "use a new --out or delete the folder")
     if previous.get("model", {}).get("model_id") != model_id:
         raise SaesteerError(f"{out} holds results for {previous['model'].get('model_id')}; use a new --out")
