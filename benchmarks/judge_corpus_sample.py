@@ -37,6 +37,9 @@ _TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
 def _hh_turns(dialogue: str) -> list[tuple[str, str]]:
+    """The dialogue's turns exactly as written. Not saesteer.data.records.split_hh_dialogue: that one
+    merges repeated speakers and drops empty turns, which reads 6 of the 4,624 dialogues differently
+    and would change the committed sample."""
     parts = _TURN.split(dialogue)
     return [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
 
