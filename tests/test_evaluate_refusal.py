@@ -54,6 +54,21 @@ def test_refusal_eval_writes_rows_summary_and_resumes(tmp_path, dataset):
         evaluate_refusal(lm, out, RefusalEvalConfig(datasets=dataset, max_new_tokens=7, judge="phrase"), progress=False)
 
 
+def test_summary_names_the_spec(tmp_path, dataset):
+    from saesteer.sae import TopKSAE, save_sae
+    from saesteer.steer.interventions import FeatureEdit
+    from saesteer.steer.spec import sae_clamp_spec
+
+    lm = tiny_model("llama")
+    save_sae(TopKSAE.init(64, 128, 4), tmp_path / "sae")
+    spec_file = tmp_path / "clamp.yaml"
+    sae_clamp_spec(tmp_path / "sae", "model.layers.1", [FeatureEdit(0, "clamp", 1.0)], name="clamp-0").save(spec_file)
+    config = RefusalEvalConfig(datasets=dataset, max_new_tokens=3, judge="phrase")
+    summary = evaluate_refusal(lm, tmp_path / "eval", config, spec_file, progress=False)
+    assert summary["spec_name"] == "clamp-0" and summary["spec_file"] == str(spec_file)
+    assert evaluate_refusal(lm, tmp_path / "plain", config, progress=False)["spec_name"] is None
+
+
 def test_summary_groups_by_dataset_and_category():
     rows = [{"id": "a", "dataset": "x", "label": "unsafe", "category": "c1", "refusal": True},
             {"id": "b", "dataset": "x", "label": "unsafe", "category": "c2", "refusal": False},

@@ -235,6 +235,12 @@ def test_bad_specs_fail_before_generation(lm, sae_dir, tmp_path, mutate, message
         Steering(lm, path)
 
 
+def test_a_folder_given_as_spec_names_the_spec_files_in_it(sae_dir, tmp_path):
+    clamp(sae_dir).save(tmp_path / "best.yaml")
+    with pytest.raises(SaesteerError, match=r"is a folder: give a spec file such as .*best.yaml; it holds best.yaml"):
+        SteeringSpec.load(tmp_path)
+
+
 def test_sae_from_another_model_is_rejected(tmp_path):
     from saesteer.sae import TopKSAE, save_sae
 

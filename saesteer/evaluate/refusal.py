@@ -97,7 +97,9 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
         return {}
     rows = _merge(out, shard, records)
     summary = summarise(rows, records)
-    summary.update({"model": lm.describe(), "spec_hash": spec_hash, "judge": config.judge,
+    summary.update({"model": lm.describe(), "spec_hash": spec_hash,
+                    "spec_name": steering.spec.name if steering else None,
+                    "spec_file": str(spec) if isinstance(spec, (str, Path)) else None, "judge": config.judge,
                     "generation": asdict(gen_cfg), "dataset_spec": config.datasets, "limit": config.limit,
                     "seconds_this_run": round(time.time() - started, 1)})
     write_json(out / "summary.json", summary)

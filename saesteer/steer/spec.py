@@ -191,6 +191,10 @@ class SteeringSpec:
     @classmethod
     def load(cls, path: str | Path) -> SteeringSpec:
         path = Path(path)
+        if path.is_dir():
+            specs = sorted(p.name for p in path.glob("*.y*ml"))
+            hint = f"; it holds {', '.join(specs[:4])}" if specs else ""
+            raise SaesteerError(f"steering spec {path} is a folder: give a spec file such as {path / 'best.yaml'}{hint}")
         if not path.is_file():
             raise SaesteerError(f"steering spec {path} not found")
         try:
