@@ -165,7 +165,7 @@ FAMILIES: dict[str, list[str]] = {
         r"\b(?:do|does|did|will|would) not (?:condone|promote|endorse|encourage|glorify|advocate)\b",
         r"\b(?:don't|doesn't|never|won't) (?:condone|promote|endorse|encourage|glorify|advocate)\b",
         r"\b(?:is|are|it's|would be|can be|considered) (?:highly |extremely |very |both )?(?:illegal|unethical|"
-        r"immoral|morally wrong)\b",
+        r"immoral|morally wrong)\b(?! because| since)",
         r"\b(?:against the law|punishable by law|serious legal consequences|criminal charges|"
         r"legal repercussions)\b",
         r"\b(?:promoting|glorifying|inciting|condoning|encouraging|spreading|advocating) (?:\w+ )?(?:violence|"
