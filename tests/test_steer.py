@@ -193,6 +193,21 @@ def test_last_turn_scope_ignores_a_trigger_in_earlier_turns(lm, sae_dir, tmp_pat
     assert decisions["last_turn"] == {0: False, 1: True}  # only the final message decides
 
 
+def test_window_pooling_scores_the_best_stretch_of_a_long_prompt():
+    from saesteer.steer.conditions import pool
+
+    scores = torch.tensor([[0.0, 0, 0, 0, 5, 5, 0, 0], [1.0, 3, 0, 0, 0, 0, 0, 0]])
+    mask = torch.tensor([[True] * 8, [True, True] + [False] * 6])
+    assert pool(scores, mask, "mean").tolist() == [1.25, 2.0]
+    # The request's two tokens stand out of the wrapper; a prompt shorter than the window gets its mean.
+    assert pool(scores, mask, "window2").tolist() == [5.0, 2.0]
+    assert pool(scores, mask, "window4").tolist() == [2.5, 2.0]
+    for bad in ("window", "window0", "windows", "median"):
+        with pytest.raises(SaesteerError, match="unknown condition pooling.*window16"):
+            ConditionSpec(detector="probe", hook="model.layers.1", threshold=0.0, pooling=bad,
+                          vector=FileRef("v.safetensors"))
+
+
 def test_threshold_for_fpr():
     neg = torch.arange(100).float()
     t = threshold_for_fpr(neg, 0.05)

@@ -11,6 +11,7 @@ multi-turn conversation is re-decided each turn.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,8 +23,15 @@ from saesteer.generate import CONTENT, HISTORY, forward_info
 from saesteer.hooks import HookPoint, StopForward, base_model, forward_hooks, output_tensor
 from saesteer.steer.interventions import steering_paused_context
 
-Pooling = Literal["max", "mean", "last"]
-POOLINGS = ("max", "mean", "last")
+Pooling = str
+"""max, mean, last, or windowN: the highest mean score of any N consecutive tokens read."""
+POOLINGS = ("max", "mean", "last", "windowN (e.g. window16)")
+_WINDOW = re.compile(r"window([1-9][0-9]{0,3})")
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in ("max", "mean", "last") and not _WINDOW.fullmatch(str(pooling)):
+        raise SaesteerError(f"unknown condition pooling {pooling!r}; use {', '.join(POOLINGS)}")
 Scope = Literal["prompt", "last_turn"]
 SCOPES = ("prompt", "last_turn")
 
@@ -101,7 +109,22 @@ class DirectionDetector(Detector):
 
 
 def pool(scores: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """[B, T] token scores, [B, T] bool mask of tokens to read → [B] pooled scores."""
+    """[B, T] token scores, [B, T] bool mask of tokens to read → [B] pooled scores.
+
+    `windowN` takes the mean over every N consecutive tokens read and keeps the highest, so a
+    request wrapped in a long template is scored on its own words rather than diluted by the
+    wrapper's, as the mean would be; a prompt shorter than N gets its mean."""
+    window = _WINDOW.fullmatch(pooling)
+    if window:
+        n = int(window.group(1))
+        out = []
+        for row, keep in zip(scores, mask):
+            read = row[keep]
+            if read.numel() == 0:
+                out.append(row.new_tensor(float("-inf")))
+            else:
+                out.append(read.mean() if read.numel() <= n else read.unfold(0, n, 1).mean(1).max())
+        return torch.stack(out)
     if pooling == "max":
         return scores.masked_fill(~mask, float("-inf")).max(dim=1).values
     if pooling == "mean":
@@ -123,8 +146,7 @@ class Condition:
     """Tokens read: the whole prompt's text, or only the final user message's."""
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise SaesteerError(f"unknown pooling {self.pooling!r}; use {', '.join(POOLINGS)}")
+        check_pooling(self.pooling)
         if self.scope not in SCOPES:
             raise SaesteerError(f"unknown condition scope {self.scope!r}; use {', '.join(SCOPES)}")
 

@@ -17,7 +17,7 @@
       hook: model.layers.12
       sae: {path: ../sae}
       feature: 77
-      pooling: max                      # max | mean | last
+      pooling: max                      # max | mean | last | window16 (best 16-token mean)
       scope: last_turn                  # optional: read only the final user message (default: whole prompt)
       threshold: 3.1
 
@@ -43,7 +43,7 @@ import yaml
 
 from saesteer.errors import SaesteerError
 from saesteer.files import sha256_json, write_text
-from saesteer.steer.conditions import POOLINGS, SCOPES
+from saesteer.steer.conditions import SCOPES, check_pooling
 from saesteer.steer.interventions import POSITIONS, FeatureEdit, check_value
 
 SPEC_VERSION = 1
@@ -102,8 +102,7 @@ class ConditionSpec:
     def __post_init__(self) -> None:
         if self.scope is not None and self.scope not in SCOPES:
             raise SaesteerError(f"unknown condition scope {self.scope!r}; use {' or '.join(SCOPES)}")
-        if self.pooling not in POOLINGS:
-            raise SaesteerError(f"unknown condition pooling {self.pooling!r}; use {', '.join(POOLINGS)}")
+        check_pooling(self.pooling)
         for name in ("threshold", "bias"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
