@@ -100,7 +100,8 @@ class ConditionIn(_Strict):
     sae: Name | None = None
     """Registered SAE name; default: the steering object's `sae`."""
     hook: Hook | None = None
-    pooling: Literal["max", "mean", "last"] = "max"
+    pooling: str = Field("max", pattern=r"^(?:max|mean|last|window[1-9][0-9]{0,3})$")
+    """max, mean, last, or windowN (the best mean of N consecutive prompt tokens)."""
     direction: Literal["above", "below"] = "above"
 
     @field_validator("threshold")
