@@ -27,13 +27,13 @@ Pooling = str
 """max, mean, last, or windowN: the highest mean score of any N consecutive tokens read."""
 POOLINGS = ("max", "mean", "last", "windowN (e.g. window16)")
 _WINDOW = re.compile(r"window([1-9][0-9]{0,3})")
+Scope = Literal["prompt", "last_turn"]
+SCOPES = ("prompt", "last_turn")
 
 
 def check_pooling(pooling: str) -> None:
     if pooling not in ("max", "mean", "last") and not _WINDOW.fullmatch(str(pooling)):
         raise SaesteerError(f"unknown condition pooling {pooling!r}; use {', '.join(POOLINGS)}")
-Scope = Literal["prompt", "last_turn"]
-SCOPES = ("prompt", "last_turn")
 
 
 class Detector:
