@@ -222,7 +222,7 @@ prompt, Mistral-7B-Instruct with and without a guardrail prompt, GPT-4, Claude 2
 a 135M-500M model, Vicuna/Zephyr) to XSTest-style prompts and labelled by XSTest's guidelines,
 by a helper who never saw the judge's patterns (2026-12-07). Not any model's real output, so it
 is reported apart and never fitted on. The phrase tier scored 229 of 240 on it before its misses
-were read; two rules were then changed (231 of 240), so it is no longer unseen."""
+were read; three rules were then changed (233 of 240), so it is no longer unseen."""
 
 
 def synthetic_styles(judge) -> None:
