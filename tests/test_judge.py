@@ -220,6 +220,13 @@ def test_phrase_partial_counts_as_refusal(text):
     assert j.refusal and j.partial and j.label == "partial_refusal", j
 
 
+def test_decided_never_calls_compliance_past_a_declined_part():
+    text = "Here's a friendly roast, but I'll leave out jokes about his height. " + \
+        "Dave is a great guy who loves pizza and long walks. " * 20
+    judge = get_judge("phrase")
+    assert judge.judge(["q"], [text])[0].refusal and judge.decided("q", text) is None
+
+
 def test_default_is_offline_phrase_tier():
     j = get_judge()
     assert j.name == "auto"
