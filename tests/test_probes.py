@@ -130,3 +130,34 @@ def test_sparse_probe_strength_is_chosen_on_the_fitting_prompts():
 
     probe = fit_sparse_probe(_codes(40, 2.0, 0), _codes(40, 0.0, 1))
     assert probe.calibration["C"] in L1_GRID and probe.calibration["penalty"] == "l1"
+
+
+def test_detector_scores_stop_early_and_equal_what_the_steered_run_decides_by(tmp_path):
+    """Scoring several detectors in one pass that stops after the deepest gives, per prompt, the
+    score each gate records when the steered model answers in full (prompts of mixed lengths,
+    a conversation, a window over the last turn, a detector deeper than the steered layer)."""
+    from saesteer.evaluate.detector import detector_scores, detectors_scores
+    from saesteer.generate import GenerationConfig, generate
+    from saesteer.steer import ConditionSpec, FileRef, InterventionSpec, Steering, SteeringSpec
+    from saesteer.steer.directions import save_vectors
+    from tests.tiny import tiny_model
+
+    lm = tiny_model("llama", layers=4, d=64)
+    g = torch.Generator().manual_seed(0)
+    save_vectors(tmp_path / "v.safetensors", {"probe": torch.randn(64, generator=g), "dir": torch.randn(64, generator=g)})
+    edit = [InterventionSpec(hook="model.layers.1", vector=FileRef(str(tmp_path / "v.safetensors"), key="dir"),
+                             op="add", value=4.0)]
+    specs = [SteeringSpec(interventions=edit, condition=ConditionSpec(
+        detector="probe", hook=f"model.layers.{layer}", vector=FileRef(str(tmp_path / "v.safetensors"), key="probe"),
+        bias=0.1, threshold=0.0, pooling=pooling, scope=scope))
+        for layer, pooling, scope in ((1, "mean", None), (3, "window4", "last_turn"), (2, "max", None))]
+    prompts = ["hi", "a somewhat longer question about the weather in spring and autumn",
+               [{"role": "user", "content": "first turn, quite long " * 5}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "and the last turn"}], "short one"]
+    together = detectors_scores(lm, specs, prompts, batch_size=3)
+    for spec, scores in zip(specs, together):
+        steering = Steering(lm, spec)
+        with steering.active():
+            generate(lm, prompts, GenerationConfig(max_new_tokens=3, batch_size=8))
+        torch.testing.assert_close(torch.tensor(scores), torch.tensor([steering.gate.scores[i] for i in range(4)]))
+        assert detector_scores(lm, spec, prompts, batch_size=2) == pytest.approx(scores, abs=1e-5)

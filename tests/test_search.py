@@ -216,3 +216,58 @@ def test_search_under_torchrun_shares_candidates_and_agrees_with_one_process(tmp
     for f in (tmp_path / "one" / "answers").iterdir():
         rows = lambda p: sorted((r["id"], r["response"]) for r in map(json.loads, p.read_text().splitlines()))  # noqa: E731
         assert rows(f) == rows(tmp_path / "two" / "answers" / f.name)
+
+
+def test_capability_calibration_raises_a_threshold_and_the_wrapped_floor_is_a_constraint():
+    from saesteer.search.gates import Gate
+
+    cond = ConditionSpec(detector="sae_feature", hook="model.layers.1", threshold=0.0, sae=FileRef("sae"), feature=1)
+    plain = Gate("probe", cond, {}, calibration=[0.0, 1.0, 2.0, 3.0], capability=[])
+    shots = Gate("probe", cond, {}, calibration=[0.0, 1.0, 2.0, 3.0], capability=[], capability_calibration=[5.0, 9.0])
+    assert [t for _, t in plain.thresholds((0.0,))] == [3.0]
+    assert [t for _, t in shots.thresholds((0.0,))] == [9.0]     # no few-shot prompt is flagged either
+    assert shots.condition_at(9.0, 0.0, "x").calibration["n_calibration"] == 6
+
+    def m(wrapped):
+        return PointMetrics(0.5, 0.5, 0.0, 0.0, 10, 10, 0.5, 0.0, 0.0, wrapped)
+
+    floor = Objective(max_over_refusal=0.1, min_wrapped_steered=0.3)
+    assert floor.violation(m(0.4)) == 0 and floor.violation(m(0.1)) == pytest.approx(0.2)
+    assert floor.violation(m(None)) == 0 and Objective().violation(m(0.0)) == 0
+    assert "wrapped unsafe prompts steered >= 30%" in floor.describe()
+    with pytest.raises(SaesteerError, match="min-wrapped-steered"):
+        Objective(min_wrapped_steered=2.0)
+
+
+def test_window_gates_read_the_discovery_detector_over_the_last_turn(tmp_path):
+    from saesteer.search.gates import check_gate_names, gate_spec
+
+    disc, _ = _discovery(tmp_path)
+    plain, window = gate_spec(disc, "sae_feature"), gate_spec(disc, "sae_feature_window")
+    assert (plain.condition.pooling, plain.condition.scope) == ("max", None)
+    assert (window.condition.pooling, window.condition.scope) == ("window16", "last_turn")
+    assert window.condition.feature == plain.condition.feature == 5
+    check_gate_names(("none", "probe_window", "sae_probe_window"))
+    with pytest.raises(SaesteerError, match="unknown gate 'probe_windows'"):
+        check_gate_names(("probe_windows",))
+    with pytest.raises(SaesteerError, match="no probe detector"):
+        gate_spec(disc, "probe_window")
+    with pytest.raises(SaesteerError, match="unknown attack .not_an_attack."):
+        _config(disc, "x", wrap_attacks="prefix_injection,not_an_attack")
+
+
+def test_few_shot_capability_prompts_put_other_questions_of_the_category_first():
+    from saesteer.evaluate.capability_tasks import few_shot_conversations
+
+    records = load_records("bundled:mc")
+    convs = few_shot_conversations(records, 5)
+    assert len(convs) == len(records)
+    first = convs[0]
+    assert len(first) == 11 and [m["role"] for m in first[:2]] == ["user", "assistant"]
+    assert first[1]["content"].startswith("ANSWER: ") and records[0].text in first[-1]["content"]
+    assert all(records[0].text not in m["content"] for m in first[:-1])
+    same = [r.text for r in records if r.category == records[0].category]
+    assert all(any(t in first[2 * k]["content"] for t in same) for k in range(5))
+    assert len(few_shot_conversations(records[:2], 5)[0]) == 3     # a category of two: one exemplar
+    with pytest.raises(SaesteerError, match="no choices"):
+        few_shot_conversations(load_records("bundled:harmful")[:1])

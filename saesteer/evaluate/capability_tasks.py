@@ -100,6 +100,24 @@ def mmlu_gen_conversation(subject: str, shots: Sequence[Record], record: Record)
     return messages
 
 
+def few_shot_conversations(records: Sequence[Record], shots: int = 5) -> list[Conversation]:
+    """Each multiple-choice question in `mmlu_gen_conversation`'s format after `shots` others of its
+    category (the next ones in the set, wrapping round; fewer where the category is smaller)."""
+    by_category: dict[str, list[Record]] = {}
+    for r in records:
+        if not r.choices or not r.correct:
+            raise SaesteerError(f"{r.source} question {r.id} has no choices and answer; few-shot capability "
+                                "prompts need a multiple-choice set such as bundled:mc or mmlu")
+        by_category.setdefault(r.category or "", []).append(r)
+    out = []
+    for r in records:
+        group = by_category[r.category or ""]
+        i = group.index(r)
+        others = group[i + 1:] + group[:i]
+        out.append(mmlu_gen_conversation(r.category or "", others[:shots], r))
+    return out
+
+
 _ANSWER = r"(?i:answer)\s*(?:(?i:is)\s*)?[:：]?\s*[*(\[$\"']*\s*([A-D])"
 _ANSWER_DONE = re.compile(_ANSWER + r"(?=[^A-Za-z0-9])")
 _ANSWER_ANY = re.compile(_ANSWER + r"(?![A-Za-z0-9])")

@@ -8,7 +8,9 @@ the gate's decision is read, so this costs a fraction of a refusal evaluation.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluate.capability_tasks import mmlu_gen_conversation
 from saesteer.evaluate.stats import rate
 from saesteer.generate import GenerationConfig, generate
+from saesteer.hooks import StopForward, forward_hooks, run_until_stopped
 from saesteer.models import ChatModel, PromptLike
 from saesteer.steer import Steering, SteeringSpec
 
@@ -48,22 +51,49 @@ def five_shot_mmlu(n: int, seed: int) -> list[tuple[str, PromptLike]]:
 
 def detector_scores(lm: ChatModel, steering: Steering | SteeringSpec | str, prompts: list[PromptLike], *,
                     batch_size: int = 16, progress: bool | str = False) -> list[float]:
-    """The pooled detector score of each prompt (each is prefilled once, one new token)."""
-    steering = steering if isinstance(steering, Steering) else Steering(lm, steering)
-    if steering.gate is None:
-        raise SaesteerError("this spec has no condition: there is no detector to evaluate")
+    """The pooled detector score of each prompt (see `detectors_scores`)."""
+    return detectors_scores(lm, [steering], prompts, batch_size=batch_size, progress=progress)[0]
+
+
+def detectors_scores(lm: ChatModel, steerings: Sequence[Steering | SteeringSpec | str], prompts: list[PromptLike], *,
+                     batch_size: int = 16, progress: bool | str = False) -> list[list[float]]:
+    """Each spec's pooled detector score of each prompt, from one forward pass per batch.
+
+    Only the detectors run: the pass stops after the deepest detector's layer, and prompts of
+    similar length share a batch. A gate reads the unsteered residual stream in a steered run too
+    (its hook comes before any steering hook, or it reads a pre-pass with steering paused), so
+    these are the scores the steered model decides by.
+    """
+    gates = []
+    for steering in steerings:
+        steering = steering if isinstance(steering, Steering) else Steering(lm, steering)
+        if steering.gate is None:
+            raise SaesteerError("this spec has no condition: there is no detector to evaluate")
+        gates.append(steering.gate)
+    deepest = max(gates, key=lambda g: g.condition.point.layer).condition.point.module
+
+    def stop(*_: Any) -> None:
+        raise StopForward
+
+    hooks = [(g.condition.point.module, g.detect_hook()) for g in gates] + [(deepest, stop)]
     gen = GenerationConfig(max_new_tokens=1, batch_size=batch_size)
-    scores: list[float] = []
+    order = sorted(range(len(prompts)), key=lambda i: len(json.dumps(prompts[i])))
+    scores: list[dict[int, float]] = [{} for _ in gates]
     bar = tqdm(total=len(prompts), unit="prompt", desc=progress if isinstance(progress, str) else "detector",
                disable=not progress, leave=False)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        with steering.active():
-            generate(lm, chunk, gen)
-            scores += [steering.gate.scores[row] for row in range(len(chunk))]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for gate in gates:
+            gate.scores.clear()
+        with forward_hooks(hooks):
+            run_until_stopped(lambda: generate(lm, [prompts[i] for i in chunk], gen))
+        for gate, out in zip(gates, scores):
+            if len(gate.scores) != len(chunk):
+                raise SaesteerError("a detector did not read every prompt of its batch")
+            out.update({i: gate.scores[row] for row, i in enumerate(chunk)})
         bar.update(len(chunk))
     bar.close()
-    return scores
+    return [[out[i] for i in range(len(prompts))] for out in scores]
 
 
 def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEvalConfig,

@@ -27,9 +27,9 @@ from saesteer.evaluate.distributed import barrier, current_shard
 from saesteer.evaluate.refusal import answer_and_judge
 from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json, write_text
 from saesteer.generate import GenerationConfig
-from saesteer.models import ChatModel
+from saesteer.models import ChatModel, PromptLike
 from saesteer.search.candidates import Candidate, CandidateGrid, Discovery, build_candidates
-from saesteer.search.gates import Gate, check_gate_names, load_gates
+from saesteer.search.gates import Gate, GatePrompts, check_gate_names, load_gates
 from saesteer.search.objective import Objective, PointMetrics, combine, pareto_front
 from saesteer.steer import Steering
 
@@ -53,7 +53,19 @@ class SearchConfig:
     calibration_limit: int | None = 200
     """At most this many calibration prompts per dataset (a seeded sample)."""
     capability: str = "bundled:mc"
-    """Questions the gate should leave alone (its firing rate on them is a constraint)."""
+    """Multiple-choice questions the gate should leave alone: every second one joins the
+    calibration prompts, the gate's firing rate on the rest is a constraint."""
+    capability_limit: int | None = None
+    """At most this many capability questions (a seeded sample)."""
+    capability_shots: int = 5
+    """Each capability question comes after this many answered ones, as in five-shot MMLU, whose
+    exemplars can trip a gate that one question does not (0: the bare question)."""
+    wrap_attacks: str = "prefix_injection,evil_confidant,manyshot-4"
+    """Jailbreak templates (`saesteer eval attacks` names) wrapped round unsafe search prompts: the
+    share of them a gate still fires on is reported, and `objective.min_wrapped_steered` can
+    require it ("": none)."""
+    wrap_prompts: int = 24
+    """Unsafe search prompts wrapped in each template."""
     contrast_prompts: int = 32
     """Search prompts whose refusal/compliance replies define the CAA and SAE-add vectors."""
     rungs: tuple[int, ...] = (8, 16, 32)
@@ -70,7 +82,9 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         at_least(1, contrast_prompts=self.contrast_prompts, max_new_tokens=self.max_new_tokens,
-                 batch_size=self.batch_size, calibration_limit=self.calibration_limit)
+                 batch_size=self.batch_size, calibration_limit=self.calibration_limit, wrap_prompts=self.wrap_prompts,
+                 capability_limit=self.capability_limit)
+        at_least(0, capability_shots=self.capability_shots)
         if not self.rungs or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or self.rungs[0] < 1:
             raise SaesteerError(f"--rungs must be increasing prompt counts >= 1, got {','.join(map(str, self.rungs))}")
         if not 0 < self.keep <= 1:
@@ -81,6 +95,10 @@ class SearchConfig:
             if not 0 <= fpr < 1:
                 raise SaesteerError(f"--target-fprs must be shares in [0, 1), got {fpr}")
         check_gate_names(self.gates)
+        if self.wrap_attacks.strip():
+            from saesteer.attacks.catalog import resolve_attacks
+
+            resolve_attacks(self.wrap_attacks)    # an unknown name fails before the model loads
 
 
 @dataclass
@@ -158,14 +176,36 @@ def score(candidate: Candidate, rows: dict[str, dict], unsteered: dict[str, dict
     """The candidate with no gate and behind every gate at every calibrated threshold."""
     points = []
     if NONE in config.gates:
-        points.append(Point(candidate, None, None, None, combine(rows, unsteered, None, labels)))
+        everything = [True] * max((len(g.wrapped) for g in gates), default=0)   # ungated: steers every prompt
+        points.append(Point(candidate, None, None, None, combine(rows, unsteered, None, labels, None, everything)))
     for gate in gates:
         for fpr, thr in gate.thresholds(config.target_fprs):
             flagged = gate.fires(thr)
             fires = {i: flagged[i] for i in labels}
-            points.append(Point(candidate, gate, fpr, thr,
-                                combine(rows, unsteered, fires, labels, gate.capability_fires(thr))))
+            points.append(Point(candidate, gate, fpr, thr, combine(rows, unsteered, fires, labels,
+                                                                   gate.capability_fires(thr), gate.wrapped_fires(thr))))
     return points
+
+
+def _gate_prompts(lm: ChatModel, config: SearchConfig, pool: dict[str, Record], calibration: list[PromptLike],
+                  unsafe: list[Record]) -> GatePrompts:
+    """The prompts every gate is scored on: the search prompts, the safe calibration prompts, the
+    capability questions (few-shot, half of them for calibration) and wrapped unsafe prompts, those
+    of the last two that fit the model's context."""
+    from saesteer.attacks.base import fits
+    from saesteer.attacks.catalog import resolve_attacks
+    from saesteer.evaluate.capability_tasks import few_shot_conversations
+
+    one_token = GenerationConfig(max_new_tokens=1)
+    records = load_records(config.capability, limit=config.capability_limit, seed=config.seed) if config.capability else []
+    capability: list[PromptLike] = [c for c in (few_shot_conversations(records, config.capability_shots)
+                                                if config.capability_shots else [r.prompt for r in records])
+                                    if fits(lm, c, one_token)]
+    attacks = resolve_attacks(config.wrap_attacks) if config.wrap_attacks.strip() else []
+    wrapped: list[PromptLike] = [m for r in unsafe[:config.wrap_prompts] for a in attacks
+                                 for m in [a.messages(r.text)] if fits(lm, m, one_token)]
+    return GatePrompts({i: r.prompt for i, r in pool.items()}, calibration, capability[1::2], capability[0::2],
+                       wrapped)
 
 
 def promote(ranked: list[tuple[Candidate, list[Point]]], keep: float) -> list[Candidate]:
@@ -212,9 +252,8 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
     if any(g != NONE for g in config.gates) and not calibration:
         raise SaesteerError("the calibration set has no safe prompts outside the search prompts and the "
                             "detectors' fitting prompts; give --calibration other safe prompts")
-    capability = [r.prompt for r in load_records(config.capability)] if config.capability else []
-    gates = load_gates(lm, Path(config.discovery), config.gates, {i: r.prompt for i, r in pool.items()},
-                       calibration, capability, ensure_dir(out / "gates"), batch_size=config.batch_size)
+    gates = load_gates(lm, Path(config.discovery), config.gates, _gate_prompts(lm, config, pool, calibration, unsafe),
+                       ensure_dir(out / "gates"), batch_size=config.batch_size)
     alive, history = list(candidates), []
     for rung, n in enumerate(config.rungs):
         records = unsafe[:n] + safe[:n]
