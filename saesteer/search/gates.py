@@ -33,7 +33,7 @@ WINDOW = "_window"
 WINDOW_READING = {"pooling": "window16", "scope": "last_turn"}
 """How a `_window` gate reads the prompt."""
 GATE_NAMES = (*GATE_FILES, *(g + WINDOW for g in GATE_FILES))
-SAE_GATES = ("sae_probe", "sae_feature", "sae_probe" + WINDOW, "sae_feature" + WINDOW)
+SAE_GATES = tuple(g + reading for reading in ("", WINDOW) for g in ("sae_probe", "sae_feature"))
 
 
 def gate_file(name: str) -> str:
