@@ -201,9 +201,10 @@ def test_search_under_torchrun_shares_candidates_and_agrees_with_one_process(tmp
     disc, prompts = _discovery(tmp_path)
     env = {**os.environ, "SAESTEER_CACHE": str(tmp_path / "cache")}
     args = ["search", model_dir, "--discovery", str(disc), "--methods", "sae_add,caa", "--strengths", "1,2",
-            "--n-latents", "4", "--gates", "none,sae_feature", "--target-fprs", "0,0.5", "--unsafe", prompts,
-            "--safe", prompts, "--calibration", prompts, "--rungs", "2,3", "--max-new-tokens", "3",
-            "--max-over-refusal", "1", "--max-broken", "1", "--max-capability-steered", "1", "--judge", "phrase"]
+            "--n-latents", "4", "--gates", "none,sae_feature,sae_feature_window", "--target-fprs", "0,0.5",
+            "--unsafe", prompts, "--safe", prompts, "--calibration", prompts, "--rungs", "2,3", "--max-new-tokens", "3",
+            "--max-over-refusal", "1", "--max-broken", "1", "--max-capability-steered", "1", "--judge", "phrase",
+            "--wrap-prompts", "2", "--min-wrapped-steered", "0.5"]
     one = subprocess.run([sys.executable, "-m", "saesteer.cli", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -213,6 +214,7 @@ def test_search_under_torchrun_shares_candidates_and_agrees_with_one_process(tmp
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = (json.loads((tmp_path / d / "search.json").read_text()) for d in ("one", "two"))
     assert a["best"] == b["best"] and a["front"] == b["front"]
+    assert a["best"]["metrics"]["steered_wrapped"] >= 0.5                 # the floor holds for the pick
     for f in (tmp_path / "one" / "answers").iterdir():
         rows = lambda p: sorted((r["id"], r["response"]) for r in map(json.loads, p.read_text().splitlines()))  # noqa: E731
         assert rows(f) == rows(tmp_path / "two" / "answers" / f.name)
