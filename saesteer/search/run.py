@@ -249,11 +249,12 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
     pool = {r.id: r for r in unsafe[:top] + safe[:top]}
     calibration = [r.prompt for r in load_records(config.calibration, limit=config.calibration_limit, seed=config.seed)
                    if r.label != "unsafe" and r.id not in pool and not discovery.fitted_on(r.text)]
-    if any(g != NONE for g in config.gates) and not calibration:
+    gated = any(g != NONE for g in config.gates)   # ungated only: no prompt needs a detector score
+    if gated and not calibration:
         raise SaesteerError("the calibration set has no safe prompts outside the search prompts and the "
                             "detectors' fitting prompts; give --calibration other safe prompts")
     gates = load_gates(lm, Path(config.discovery), config.gates, _gate_prompts(lm, config, pool, calibration, unsafe),
-                       ensure_dir(out / "gates"), batch_size=config.batch_size)
+                       ensure_dir(out / "gates"), batch_size=config.batch_size) if gated else []
     alive, history = list(candidates), []
     for rung, n in enumerate(config.rungs):
         records = unsafe[:n] + safe[:n]
