@@ -22,6 +22,11 @@ from tqdm.auto import tqdm
 from saesteer.errors import SaesteerError
 from saesteer.models import ChatModel, PromptLike
 
+EVAL_BATCH = 32
+"""Rows answered together by the evaluations, the search and discovery. Decoding a 135M model on
+2 CPU cores is bound by reading the weights, so 32 rows answer about 1.2x faster than 16
+(docs/RESULTS.md, "Core"); a GPU takes more."""
+
 # Token roles seen by steering hooks. HISTORY: the earlier turns of a conversation (their text and
 # scaffolding); CONTENT is then the last turn's text.
 PAD, TEMPLATE, CONTENT, GENERATED, HISTORY = 0, 1, 2, 3, 4

@@ -126,3 +126,15 @@ def test_on_done_hears_each_prompt_as_its_row_leaves_the_batch(tiny_llama):
     assert gens[2].finish_reason == "early" and any(g.n_new_tokens > 1 for g in gens)
     assert all(order.index(2) < order.index(r) for r, g in enumerate(gens) if g.n_new_tokens > 1)
     assert gens == generate(tiny_llama, PROMPTS, config, should_stop=lambda row, text: row == 2 and len(text) > 0)
+
+
+def test_the_cli_answers_as_many_rows_together_as_the_library():
+    """The CLI keeps torch out of its imports, so it spells EVAL_BATCH out; this keeps them equal."""
+    import inspect
+
+    from saesteer.cli.attacks import attacks
+    from saesteer.cli.evaluate import refusal
+    from saesteer.generate import EVAL_BATCH
+
+    for command in (refusal, attacks):
+        assert inspect.signature(command).parameters["batch_size"].default == EVAL_BATCH

@@ -33,7 +33,7 @@ from saesteer.attacks.templates import Attack
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError
 from saesteer.files import JsonlAppender, read_jsonl, write_json
-from saesteer.generate import GenerationConfig, encode_prompt, generate
+from saesteer.generate import EVAL_BATCH, GenerationConfig, encode_prompt, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
 from saesteer.steer.spec import POSITIONS
@@ -54,7 +54,7 @@ class AttackEvalConfig:
     positions: str | None = None
     """Comma-separated steering positions (all, prompt, generated) overriding the spec's; None keeps it."""
     max_new_tokens: int = 128
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH
     judge: str = "auto"
     system: str | None = None
     seed: int = 0

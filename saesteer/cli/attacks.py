@@ -42,7 +42,7 @@ def attacks(
     positions: Annotated[Optional[str], _opt("Steering positions overriding the spec's: all, prompt, generated, "
                                              "or several (all,prompt,generated) reported side by side.")] = None,
     max_new_tokens: Annotated[int, _opt("Tokens per answer.")] = 128,
-    batch_size: int = 16,
+    batch_size: int = 32,
     judge: Annotated[str, _opt("Refusal judge (see saesteer judge --help).")] = "auto",
     system: Annotated[Optional[str], _opt("System prompt.")] = None,
     seed: int = 0,

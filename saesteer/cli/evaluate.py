@@ -27,7 +27,7 @@ def refusal(
     ablate: AblateOpt = [],  # noqa: B006
     positions: PositionsOpt = "all",
     max_new_tokens: Annotated[int, typer.Option()] = 256,
-    batch_size: Annotated[int, typer.Option()] = 16,
+    batch_size: Annotated[int, typer.Option()] = 32,
     early_stop: Annotated[bool, typer.Option(help="Stop a row once the judge's verdict is certain.")] = True,
     judge: Annotated[str, typer.Option(help="Refusal judge (see saesteer judge --help).")] = "auto",
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from saesteer.data import load_records
 from saesteer.errors import SaesteerError, at_least
 from saesteer.files import ensure_dir, write_json, write_text
-from saesteer.generate import CONTENT, ForwardInfo, GenerationConfig, forward_context, generate
+from saesteer.generate import CONTENT, EVAL_BATCH, ForwardInfo, GenerationConfig, forward_context, generate
 from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
 from saesteer.judge import judge_stopper
 from saesteer.models import ChatModel, to_conversation
@@ -76,7 +76,7 @@ class DiscoverConfig:
     detector_fpr: float = 0.05
     """Target false-positive rate on harmless prompts for the conditional spec's threshold."""
     judge: str = "auto"
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH
     n_contexts: int = 6
     seed: int = 0
 

@@ -22,7 +22,7 @@ from saesteer.evaluate.distributed import Shard, barrier, current_shard
 from saesteer.evaluate.rundir import finished_rows, previous_run
 from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
-from saesteer.generate import GenerationConfig, OnDone, generate
+from saesteer.generate import EVAL_BATCH, GenerationConfig, OnDone, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
 
@@ -34,7 +34,7 @@ class RefusalEvalConfig:
     limit: int | None = None
     """At most this many prompts per dataset (a seeded sample)."""
     max_new_tokens: int = 256
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH
     early_stop: bool = True
     """Stop a row as soon as the judge's verdict can no longer change."""
     judge: str = "auto"

@@ -21,6 +21,7 @@ from typing import Any
 from saesteer.data import load_records
 from saesteer.errors import SaesteerError, at_least
 from saesteer.files import ensure_dir, read_json, write_json, write_text
+from saesteer.generate import EVAL_BATCH
 from saesteer.models import ChatModel
 from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
 from saesteer.steer.conditions import SCOPES
@@ -62,7 +63,7 @@ class SweepConfig:
     """Safe prompts whose unsteered answers measure each point's KL from the unsteered model
     ('' for none; see evaluate/kl.py)."""
     kl_limit: int | None = 24
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH
     judge: str = "auto"
     seed: int = 0
 

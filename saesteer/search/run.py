@@ -26,7 +26,7 @@ from saesteer.errors import SaesteerError, at_least
 from saesteer.evaluate.distributed import barrier, current_shard
 from saesteer.evaluate.refusal import answer_and_judge
 from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json, write_text
-from saesteer.generate import GenerationConfig
+from saesteer.generate import EVAL_BATCH, GenerationConfig
 from saesteer.models import ChatModel, PromptLike
 from saesteer.search.candidates import Candidate, CandidateGrid, Discovery, build_candidates
 from saesteer.search.gates import Gate, GatePrompts, check_gate_names, load_gates
@@ -76,7 +76,7 @@ class SearchConfig:
     """What best.yaml may be: `sae`, steering with SAE latents or SAE-derived vectors behind any
     gate; `all_sae`, the gate too is SAE-based (or absent); `any`, CAA included."""
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH
     judge: str = "auto"
     seed: int = 0
 
