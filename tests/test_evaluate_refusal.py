@@ -122,3 +122,53 @@ def test_progress_moves_per_prompt_not_per_chunk(tmp_path, dataset, progress_bar
     evaluate_refusal(tiny_model("llama"), tmp_path / "eval", config)
     (bar,) = bars
     assert bar.updates == [1] * len(ROWS) and bar.n == bar.total == len(ROWS)
+
+
+def test_a_gated_spec_takes_the_answers_its_gate_leaves_alone_from_the_unsteered_run(tmp_path, dataset):
+    """With an unsteered run beside it, a gated spec generates only what its gate flags, and its
+    rows equal a run that generated everything."""
+    import statistics
+
+    from saesteer.evaluate.detector import detector_scores
+    from saesteer.sae import TopKSAE, save_sae
+    import torch
+
+    from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+    from saesteer.steer.directions import save_vectors
+
+    lm = tiny_model("llama")
+    sae = TopKSAE.init(lm.d_model, 4 * lm.d_model, 8, seed=3)
+    sae.metadata.update({"hf_hook_name": "model.layers.1", "layer": 1})
+    save_sae(sae, tmp_path / "sae")
+    ref = FileRef(str(tmp_path / "sae"))
+    edit = [InterventionSpec(hook="model.layers.1", sae=ref, features=[FeatureEdit(3, "clamp", 50.0)])]
+    save_vectors(tmp_path / "cond.safetensors", {"cond": torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))})
+
+    def gated(threshold: float) -> SteeringSpec:
+        return SteeringSpec(interventions=edit, condition=ConditionSpec(
+            detector="direction", hook="model.layers.1", pooling="mean", threshold=threshold,
+            vector=FileRef(str(tmp_path / "cond.safetensors"), key="cond")))
+
+    spec = gated(statistics.median(detector_scores(lm, gated(0.0), [r["prompt"] for r in ROWS])))
+    config = RefusalEvalConfig(datasets=dataset, max_new_tokens=8, batch_size=4, judge="phrase")
+    evaluate_refusal(lm, tmp_path / "none", config, progress=False)
+    full = evaluate_refusal(lm, tmp_path / "full", config, spec, progress=False)
+    reused = evaluate_refusal(lm, tmp_path / "reused", config, spec, progress=False, unsteered=tmp_path / "none")
+
+    def rows(name):
+        return [{k: r.get(k) for k in ("id", "response", "refusal", "coherent", "steered")}
+                for r in read_jsonl(tmp_path / name / "responses.jsonl")]
+
+    assert rows("reused") == rows("full")
+    flagged = sum(r["steered"] for r in rows("full"))
+    assert 0 < flagged < len(ROWS)
+    assert full["answers_from_unsteered_run"] == 0
+    assert reused["answers_from_unsteered_run"] == len(ROWS) - flagged
+    steered_answers = {r["id"]: r["response"] for r in rows("full") if r["steered"]}
+    plain = {r["id"]: r["response"] for r in rows("none")}
+    assert any(plain[i] != a for i, a in steered_answers.items())    # the steering did something
+    # an unsteered run of other settings is not taken
+    other = RefusalEvalConfig(datasets=dataset, max_new_tokens=8, batch_size=4, judge="phrase", seed=1)
+    evaluate_refusal(lm, tmp_path / "none_other", other, progress=False)
+    assert evaluate_refusal(lm, tmp_path / "reused2", config, spec, progress=False,
+                            unsteered=tmp_path / "none_other")["answers_from_unsteered_run"] == 0

@@ -50,13 +50,14 @@ def five_shot_mmlu(n: int, seed: int) -> list[tuple[str, PromptLike]]:
 
 
 def detector_scores(lm: ChatModel, steering: Steering | SteeringSpec | str, prompts: list[PromptLike], *,
-                    batch_size: int = 16, progress: bool | str = False) -> list[float]:
+                    batch_size: int = 16, system: str | None = None, progress: bool | str = False) -> list[float]:
     """The pooled detector score of each prompt (see `detectors_scores`)."""
-    return detectors_scores(lm, [steering], prompts, batch_size=batch_size, progress=progress)[0]
+    return detectors_scores(lm, [steering], prompts, batch_size=batch_size, system=system, progress=progress)[0]
 
 
 def detectors_scores(lm: ChatModel, steerings: Sequence[Steering | SteeringSpec | str], prompts: list[PromptLike], *,
-                     batch_size: int = 16, progress: bool | str = False) -> list[list[float]]:
+                     batch_size: int = 16, system: str | None = None,
+                     progress: bool | str = False) -> list[list[float]]:
     """Each spec's pooled detector score of each prompt, from one forward pass per batch.
 
     Only the detectors run: the pass stops after the deepest detector's layer, and prompts of
@@ -76,7 +77,7 @@ def detectors_scores(lm: ChatModel, steerings: Sequence[Steering | SteeringSpec 
         raise StopForward
 
     hooks = [(g.condition.point.module, g.detect_hook()) for g in gates] + [(deepest, stop)]
-    gen = GenerationConfig(max_new_tokens=1, batch_size=batch_size)
+    gen = GenerationConfig(max_new_tokens=1, batch_size=batch_size, system=system)
     order = sorted(range(len(prompts)), key=lambda i: len(json.dumps(prompts[i])))
     scores: list[dict[int, float]] = [{} for _ in gates]
     bar = tqdm(total=len(prompts), unit="prompt", desc=progress if isinstance(progress, str) else "detector",

@@ -60,7 +60,14 @@ def _rows_path(out: Path, shard: Shard) -> Path:
 
 
 def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
-                     spec: SteeringSpec | str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
+                     spec: SteeringSpec | str | Path | None = None, *, progress: bool = True,
+                     unsteered: str | Path | None = None) -> dict[str, Any]:
+    """Answer and judge every prompt of `config.datasets` under `spec` (None: unsteered).
+
+    `unsteered` is the folder of an unsteered run of the same prompts and settings. A gated spec
+    then generates only the prompts its detector flags and takes the others' answers from that
+    run: the gate leaves them unsteered, and a prompt's greedy answer does not depend on its batch.
+    """
     from saesteer.judge import get_judge
 
     out = ensure_dir(out)
@@ -84,7 +91,13 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="prompt", disable=not progress,
                desc=f"eval refusal{' rank ' + str(shard.rank) if shard.world > 1 else ''}")
     started = time.time()
+    reused = _unsteered_answers(lm, steering, todo, config, unsteered, run_info)
     with JsonlAppender(path) as writer:
+        for row in reused:
+            writer.write({**row, "steered": False, "spec_hash": spec_hash})
+            bar.update(1)
+        done_now = {row["id"] for row in reused}
+        todo = [r for r in todo if r.id not in done_now]
         for start in range(0, len(todo), config.chunk):
             chunk = todo[start:start + config.chunk]
             rows = answer_and_judge(lm, chunk, gen_cfg, judge, steering, config.early_stop,
@@ -101,9 +114,38 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
                     "spec_name": steering.spec.name if steering else None,
                     "spec_file": str(spec) if isinstance(spec, (str, Path)) else None, "judge": config.judge,
                     "generation": asdict(gen_cfg), "dataset_spec": config.datasets, "limit": config.limit,
-                    "seconds_this_run": round(time.time() - started, 1)})
+                    "seconds_this_run": round(time.time() - started, 1),
+                    "answers_from_unsteered_run": len(reused)})
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _unsteered_answers(lm: ChatModel, steering: Steering | None, todo: list[Record], config: RefusalEvalConfig,
+                       unsteered: str | Path | None, run_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of `unsteered` (an unsteered run with these settings) for the prompts the gate of
+    `steering` does not flag; [] when there is no gate or no such run."""
+    from saesteer.evaluate.detector import detector_scores
+    from saesteer.files import read_json
+
+    if steering is None or steering.gate is None or unsteered is None or not todo:
+        return []
+    folder = Path(unsteered)
+    if not (folder / "run.json").exists():
+        return []
+    info = read_json(folder / "run.json")
+    if (not isinstance(info, dict) or info.get("spec_hash") is not None or info.get("settings") != run_info["settings"]
+            or info.get("model") != run_info["model"]):
+        return []
+    answers = {row["id"]: row for row in finished_rows(folder / "responses.jsonl")}
+    candidates = [r for r in todo if r.id in answers]
+    if not candidates:
+        return []
+    import torch
+
+    scores = detector_scores(lm, steering, [r.prompt for r in candidates], batch_size=config.batch_size,
+                             system=config.system)
+    fires = steering.gate.condition.decide(torch.tensor(scores)).tolist()
+    return [answers[r.id] for r, fire in zip(candidates, fires) if not fire]
 
 
 def answer_and_judge(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConfig, judge: Any,
@@ -138,7 +180,7 @@ def answer_and_judge(lm: ChatModel, chunk: list[Record], gen_cfg: GenerationConf
 
 
 def _merge(out: Path, shard: Shard, records: list[Record]) -> list[dict[str, Any]]:
-    """All rows in dataset order (from the rank files under torchrun)."""
+    """All rows in dataset order (from the rank files under torchrun); the file is rewritten in that order."""
     if shard.world == 1:
         rows = read_jsonl(out / "responses.jsonl")
     else:
@@ -147,7 +189,7 @@ def _merge(out: Path, shard: Shard, records: list[Record]) -> list[dict[str, Any
             rows += read_jsonl(out / f"responses.rank{rank}.jsonl", tolerate_torn_tail=True)
     by_id = {row["id"]: row for row in rows}
     ordered = [by_id[r.id] for r in records if r.id in by_id]
-    if shard.world > 1:
+    if shard.world > 1 or [row["id"] for row in rows] != [row["id"] for row in ordered]:  # shards, reused rows
         from saesteer.files import atomic_path
         import json
 

@@ -218,7 +218,9 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
     out = ensure_dir(out)
     write_json(out / "sweep.json", {"config": asdict(config), "model": lm.describe()})
     grid = build_grid(lm, out, config)
-    for i, point in enumerate(grid):
+    # the unsteered answers, which a gated point takes for every prompt its gate leaves alone
+    unsteered = next((out / "runs" / p.name / "refusal" for p in grid if p.spec is None), None)
+    for i, point in enumerate(sorted(grid, key=lambda p: p.spec is not None)):
         if progress:
             print(f"[sweep] {i + 1}/{len(grid)} {point.name}", flush=True)
         run_dir = out / "runs" / point.name
@@ -226,7 +228,7 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
                          RefusalEvalConfig(datasets=config.refusal_datasets, limit=config.refusal_limit,
                                            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                            judge=config.judge, seed=config.seed),
-                         point.spec, progress=progress)
+                         point.spec, progress=progress, unsteered=unsteered)
         if config.capability_tasks:
             _capability(lm, run_dir / "capability", config, point.spec, progress)
         if config.kl_datasets and not (run_dir / "kl" / "summary.json").exists():
