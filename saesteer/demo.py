@@ -56,7 +56,9 @@ class DemoConfig:
     search_methods: tuple[str, ...] = ("sae_add",)
     """The pick must steer with the SAE; CAA is evaluated beside it in the sweep (a CAA search is
     `saesteer search --methods sae_add,caa`)."""
-    search_strengths: tuple[float, ...] = (1.0, 1.25, 1.5)
+    search_strengths: tuple[float, ...] = (1.0, 1.5)
+    """The ends of the 1-1.5x range: at layer 9 only 1x met the objective, at layer 6 1.5x won and 1.25x
+    came second (docs/RESULTS.md, "Demo"); two values keep the search's first rung short."""
     search_latents: tuple[int, ...] = (32, 64)
     search_rungs: tuple[int, ...] = (12, 24, 36)
     search_unsafe: str = "bundled:harmful@train"
@@ -90,7 +92,8 @@ def preset(name: str, base: DemoConfig) -> DemoConfig:
                        direction_strengths=(0.5, 1.0, 1.5, 2.0),
                        capability_tasks="mmlu_gen,mmlu_ll,truthfulqa_mc1,truthfulqa_mc2,gsm8k", capability_limit=None,
                        capability_shots=5, harmful_train="harmful_train", harmless_train="harmless_train",
-                       search_methods=("sae_add", "sae_clamp", "caa"), search_rungs=(16, 32, 64),
+                       search_methods=("sae_add", "sae_clamp", "caa"), search_strengths=(1.0, 1.25, 1.5),
+                       search_rungs=(16, 32, 64),
                        search_unsafe="harmful_train", search_safe="harmless_train,bundled:borderline@train",
                        search_calibration="harmless_val,bundled:borderline@train")
     return base
