@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
@@ -21,7 +22,7 @@ from saesteer.errors import SaesteerError, at_least
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
 from saesteer.evaluate.rundir import finished_rows, previous_run
 from saesteer.evaluate.stats import rate
-from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
+from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
 from saesteer.generate import EVAL_BATCH, GenerationConfig, OnDone, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
@@ -125,7 +126,6 @@ def _unsteered_answers(lm: ChatModel, steering: Steering | None, todo: list[Reco
     """The rows of `unsteered` (an unsteered run with these settings) for the prompts the gate of
     `steering` does not flag; [] when there is no gate or no such run."""
     from saesteer.evaluate.detector import detector_scores
-    from saesteer.files import read_json
 
     if steering is None or steering.gate is None or unsteered is None or not todo:
         return []
@@ -140,8 +140,6 @@ def _unsteered_answers(lm: ChatModel, steering: Steering | None, todo: list[Reco
     candidates = [r for r in todo if r.id in answers]
     if not candidates:
         return []
-    import torch
-
     scores = detector_scores(lm, steering, [r.prompt for r in candidates], batch_size=config.batch_size,
                              system=config.system)
     fires = steering.gate.condition.decide(torch.tensor(scores)).tolist()
