@@ -37,7 +37,10 @@ def sweep(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Evaluate a grid of steering methods and strengths into one tidy results table."""
+    """Evaluate a grid of steering methods and strengths into one tidy results table.
+
+    With `none` in --methods, a gated point generates only the refusal prompts its gate flags
+    and takes the unsteered run's answers for the rest (they are the same answers)."""
     setup(data_dir)
     from saesteer.data import data_dir as current_data_dir
     from saesteer.evaluate.sweep import SweepConfig, run_sweep
