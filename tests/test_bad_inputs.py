@@ -283,6 +283,7 @@ CASES = [
     ("eval refusal", "responses not UTF-8", REFUSAL + ["--out", "{w}/ev_latin1"], "responses.jsonl is not UTF-8 text"),
     ("eval refusal", "threshold NaN", REFUSAL + ["--steer", "{w}/cond_nan.yaml"], "threshold must be a finite number"),
     ("eval refusal", "--out a file", REFUSAL + ["--out", "{w}/out_file"], "cannot create folder"),
+    ("eval refusal", "--unsteered no run", REFUSAL + ["--unsteered", "{w}"], "holds no `saesteer eval refusal` run"),
     # eval capability
     ("eval capability", "--limit 0", CAPABILITY + ["--limit", "0"], "limit must be at least 1"),
     ("eval capability", "--batch-size 0", CAPABILITY + ["--batch-size", "0"], "batch_size and chunk must be at least 1"),

@@ -124,7 +124,7 @@ def test_progress_moves_per_prompt_not_per_chunk(tmp_path, dataset, progress_bar
     assert bar.updates == [1] * len(ROWS) and bar.n == bar.total == len(ROWS)
 
 
-def test_a_gated_spec_takes_the_answers_its_gate_leaves_alone_from_the_unsteered_run(tmp_path, dataset):
+def test_a_gated_spec_takes_the_answers_its_gate_leaves_alone_from_the_unsteered_run(tmp_path, dataset, monkeypatch):
     """With an unsteered run beside it, a gated spec generates only what its gate flags, and its
     rows equal a run that generated everything."""
     import statistics
@@ -172,3 +172,16 @@ def test_a_gated_spec_takes_the_answers_its_gate_leaves_alone_from_the_unsteered
     evaluate_refusal(lm, tmp_path / "none_other", other, progress=False)
     assert evaluate_refusal(lm, tmp_path / "reused2", config, spec, progress=False,
                             unsteered=tmp_path / "none_other")["answers_from_unsteered_run"] == 0
+    # the CLI: --unsteered names the folder and says how many answers it took
+    from typer.testing import CliRunner
+
+    from saesteer.cli import app
+
+    monkeypatch.setattr("saesteer.models.load_model", lambda *a, **k: lm)
+    spec.save(tmp_path / "gated.yaml")
+    result = CliRunner().invoke(app, ["eval", "refusal", "tiny", "--out", str(tmp_path / "cli"), "--dataset", dataset,
+                                      "--max-new-tokens", "8", "--batch-size", "4", "--judge", "phrase",
+                                      "--steer", str(tmp_path / "gated.yaml"), "--unsteered", str(tmp_path / "none")])
+    assert result.exit_code == 0, result.output
+    assert f"unsteered run {tmp_path / 'none'}: {len(ROWS) - flagged}" in result.output
+    assert rows("cli") == rows("full")

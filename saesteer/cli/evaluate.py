@@ -32,21 +32,31 @@ def refusal(
     judge: Annotated[str, typer.Option(help="Refusal judge (see saesteer judge --help).")] = "auto",
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     seed: int = 0,
+    unsteered: Annotated[Optional[Path], typer.Option(
+        help="An unsteered `eval refusal` folder of the same prompts and settings: a gated spec generates only the "
+             "prompts its gate flags and takes the other answers from there.")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Generate greedy answers, judge them, and write responses.jsonl + summary.json."""
     setup(data_dir)
+    from saesteer.errors import SaesteerError
     from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
     from saesteer.models import load_model
 
+    if unsteered is not None and not (unsteered / "run.json").is_file():
+        raise SaesteerError(f"--unsteered {unsteered} holds no `saesteer eval refusal` run (no run.json); "
+                            "point it at the --out folder of an unsteered run")
     spec = steering_from_options(steer, sae, hook, clamp, add, scale, ablate, positions)
     config = RefusalEvalConfig(datasets=dataset, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                early_stop=early_stop, judge=judge, system=system, seed=seed)
     lm = load_model(model, dtype=dtype, device=device)
-    summary = evaluate_refusal(lm, out, config, spec)
+    summary = evaluate_refusal(lm, out, config, spec, unsteered=unsteered)
     if summary:
+        if unsteered is not None:
+            say(f"answers taken from the unsteered run {unsteered}: {summary['answers_from_unsteered_run']} "
+                "(none unless the spec is gated and that run has the same prompts and settings)")
         for key, name in (("unsafe_refusal", "refusal on unsafe prompts"), ("safe_over_refusal", "over-refusal on safe prompts")):
             s = summary.get(key)
             if s:
