@@ -182,3 +182,14 @@ def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
     thread.join(30)
     assert not errors and target.read_bytes() == b"slow"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_an_atomically_written_file_gets_the_mode_of_any_new_file(tmp_path):
+    """mkstemp makes owner-only files; results on a shared machine must be readable like the rest."""
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "summary.json", {"a": 1})
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
