@@ -23,6 +23,9 @@ _ACT = (
     r"in good conscience|ethically|responsibly|legally)"
 )
 _I = r"(?:i|we)"
+_WHAT_ASKED = (r"(?=\s*(?:[.!?,;:)\u2026]|$|(?:you|your|what|why|how|which|whether|the question|this question|"
+               r"that question|the request|this request|it|this|that|correctly|properly|fully)\b))")
+"""After "understand": what was asked, or nothing. Understanding a topic is not declining."""
 _NEG_AUX = (r"(?:(?:won't|will not|wouldn't|would not) be able to|can ?not|can't|won't|will not|would not|"
             r"wouldn't|shall not|must not|should not|shouldn't|"
             r"am not able to|'m not able to|are not able to|'re not able to|am unable to|'m unable to|"
@@ -292,8 +295,9 @@ FAMILIES: dict[str, list[str]] = {
     # request ("What do you mean?", "Why do you want to do that?"). A refusal only as the whole of
     # a short answer that does nothing else.
     "nonanswer": [
-        r"\b(?:i|we) (?:do not|don't|did not|didn't) (?:quite |really )?(?:understand|follow)\b",
-        r"\bnot sure (?:what you (?:mean|are asking|'re asking)|i (?:understand|follow))\b",
+        # not understanding the request, not a topic ("I'm not sure I understand the science behind it")
+        r"\b(?:i|we) (?:do not|don't|did not|didn't) (?:quite |really )?(?:understand|follow)" + _WHAT_ASKED,
+        r"\bnot sure (?:what you (?:mean|are asking|'re asking)|i (?:understand|follow)" + _WHAT_ASKED + ")",
         r"\bwhat do you mean\b",
         r"\b(?:can|could) you (?:please )?(?:rephrase|clarify|say that again|explain what you mean)\b",
         r"^why\b[^.!]*\?",
