@@ -205,6 +205,8 @@ CASES = [
     ("generate", "spec key valeu", GEN + ["--steer", "{w}/typo_valeu.json"], "unknown key 'valeu' in intervention 0, feature edit 0; did you mean 'value'?"),
     ("generate", "spec key strenght", GEN + ["--steer", "{w}/typo_strenght.json"], "unknown key 'strenght' in intervention 0"),
     ("generate", "spec key positons", GEN + ["--steer", "{w}/typo_top.json"], "did you mean 'positions'?"),
+    ("generate", "--positions foo", GEN + ["--positions", "foo"], "unknown --positions 'foo'; use all, prompt, generated"),
+    ("generate", "--positions, no steering", GEN + ["--positions", "prompt"], "--positions needs steering"),
     ("generate", "spec key pth", GEN + ["--steer", "{w}/typo_ref.json"], "unknown key 'pth' in the sae of intervention 0; did you mean 'path'?"),
     ("generate", "interventions a mapping", GEN + ["--steer", "{w}/ivs_mapping.json"], "`interventions` must be a list"),
     ("generate", "interventions of strings", GEN + ["--steer", "{w}/ivs_strings.json"], "intervention 0 must be a mapping"),

@@ -185,3 +185,27 @@ def test_a_gated_spec_takes_the_answers_its_gate_leaves_alone_from_the_unsteered
     assert result.exit_code == 0, result.output
     assert f"unsteered run {tmp_path / 'none'}: {len(ROWS) - flagged}" in result.output
     assert rows("cli") == rows("full")
+
+
+def test_positions_on_the_command_line_override_the_specs_own(tmp_path, dataset, monkeypatch):
+    from typer.testing import CliRunner
+
+    from saesteer.cli import app
+    from saesteer.files import read_json
+    from saesteer.sae import TopKSAE, save_sae
+    from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+
+    lm = tiny_model("llama")
+    monkeypatch.setattr("saesteer.models.load_model", lambda *a, **k: lm)
+    sae = TopKSAE.init(lm.d_model, 4 * lm.d_model, 8, seed=3)
+    sae.metadata.update({"hf_hook_name": "model.layers.1", "layer": 1})
+    save_sae(sae, tmp_path / "sae")
+    SteeringSpec(interventions=[InterventionSpec(hook="model.layers.1", sae=FileRef(str(tmp_path / "sae")),
+                                                 features=[FeatureEdit(3, "clamp", 5.0)])]).save(tmp_path / "s.yaml")
+    for given, expected in ((None, "all"), ("generated", "generated")):
+        out = tmp_path / f"run_{given}"
+        args = ["eval", "refusal", "tiny", "--out", str(out), "--dataset", dataset, "--limit", "1",
+                "--max-new-tokens", "2", "--judge", "phrase", "--steer", str(tmp_path / "s.yaml")]
+        result = CliRunner().invoke(app, args + (["--positions", given] if given else []))
+        assert result.exit_code == 0, result.output
+        assert read_json(out / "run.json")["spec"]["positions"] == expected

@@ -28,7 +28,7 @@ def capability(
     add: AddOpt = [],  # noqa: B006
     scale: ScaleOpt = [],  # noqa: B006
     ablate: AblateOpt = [],  # noqa: B006
-    positions: PositionsOpt = "all",
+    positions: PositionsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 8,
     mmlu_shots: Annotated[int, typer.Option(help="MMLU exemplars (0-5).")] = 5,
     gsm8k_shots: Annotated[int, typer.Option(help="GSM8K chain-of-thought exemplars (0-8).")] = 8,

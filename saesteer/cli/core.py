@@ -101,18 +101,28 @@ ClampOpt = Annotated[list[str], typer.Option("--clamp", help="FEATURE=VALUE: cla
 AddOpt = Annotated[list[str], typer.Option("--add", help="FEATURE=VALUE: add VALUE x its decoder row.")]
 ScaleOpt = Annotated[list[str], typer.Option("--scale", help="FEATURE=FACTOR: scale a latent.")]
 AblateOpt = Annotated[list[str], typer.Option("--ablate", help="FEATURE: set a latent to zero.")]
-PositionsOpt = Annotated[str, typer.Option("--positions", help="all (the paper), prompt or generated.")]
+PositionsOpt = Annotated[Optional[str], typer.Option(
+    "--positions", help="Tokens steered: all (the paper; the default for inline edits), prompt or generated. "
+                        "With --steer it overrides the spec's own.")]
 
 
 def steering_from_options(steer: Path | None, sae: Path | None, hook: str | None, clamp: list[str],
-                          add: list[str], scale: list[str], ablate: list[str], positions: str):
+                          add: list[str], scale: list[str], ablate: list[str], positions: str | None):
     from saesteer.errors import SaesteerError
     from saesteer.steer import SteeringSpec
+    from saesteer.steer.interventions import POSITIONS
 
-    inline = inline_spec(sae, hook, clamp, add, scale, ablate, positions)
+    if positions is not None and positions not in POSITIONS:
+        raise SaesteerError(f"unknown --positions {positions!r}; use {', '.join(POSITIONS)}")
+    inline = inline_spec(sae, hook, clamp, add, scale, ablate, positions or "all")
     if steer is not None and inline is not None:
         raise SaesteerError("use either --steer SPEC or inline --sae/--clamp edits, not both")
-    return SteeringSpec.load(steer) if steer is not None else inline
+    spec = SteeringSpec.load(steer) if steer is not None else inline
+    if positions is not None:
+        if spec is None:
+            raise SaesteerError("--positions needs steering: --steer SPEC or inline --sae/--clamp edits")
+        spec.positions = positions
+    return spec
 
 
 @app.command()
@@ -127,7 +137,7 @@ def generate(
     add: AddOpt = [],  # noqa: B006
     scale: ScaleOpt = [],  # noqa: B006
     ablate: AblateOpt = [],  # noqa: B006
-    positions: PositionsOpt = "all",
+    positions: PositionsOpt = None,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     batch_size: int = 8,

@@ -25,7 +25,7 @@ def refusal(
     add: AddOpt = [],  # noqa: B006
     scale: ScaleOpt = [],  # noqa: B006
     ablate: AblateOpt = [],  # noqa: B006
-    positions: PositionsOpt = "all",
+    positions: PositionsOpt = None,
     max_new_tokens: Annotated[int, typer.Option()] = 256,
     batch_size: Annotated[int, typer.Option()] = 32,
     early_stop: Annotated[bool, typer.Option(help="Stop a row once the judge's verdict is certain.")] = True,

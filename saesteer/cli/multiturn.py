@@ -46,7 +46,7 @@ def multiturn(
     add: AddOpt = [],  # noqa: B006
     scale: ScaleOpt = [],  # noqa: B006
     ablate: AblateOpt = [],  # noqa: B006
-    positions: PositionsOpt = "all",
+    positions: PositionsOpt = None,
     attacker: AttackerOpt = "smollm2",
     attacker_endpoint: UrlOpt = None,
     attacker_model: NameOpt = None,

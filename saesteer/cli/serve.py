@@ -60,7 +60,7 @@ def serve(
     add: AddOpt = [],  # noqa: B006
     scale: ScaleOpt = [],  # noqa: B006
     ablate: AblateOpt = [],  # noqa: B006
-    positions: PositionsOpt = "all",
+    positions: PositionsOpt = None,
     register: Annotated[list[str], typer.Option("--register", help="NAME=SPEC: also serve this spec as MODEL:NAME (repeatable).")] = [],  # noqa: B006
     register_sae: Annotated[list[str], typer.Option("--register-sae", help="NAME=SAE_DIR: an SAE that request-level steering may name (repeatable).")] = [],  # noqa: B006
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
