@@ -361,3 +361,16 @@ def test_an_sae_interventions_op_and_value_live_under_its_features():
     with pytest.raises(SaesteerError, match="belong to each entry under `features`"):
         InterventionSpec(hook="model.layers.1", sae=FileRef("sae"), features=[FeatureEdit(1, "clamp", 2.0)], value=3.0)
     InterventionSpec(hook="model.layers.1", sae=FileRef("sae"), features=[FeatureEdit(1, "clamp", 2.0)])
+
+
+def test_a_copied_spec_says_its_paths_are_read_from_its_own_folder(tmp_path, lm):
+    """A spec copied away from its SAE names the folder it looked in and the fix."""
+    import shutil
+
+    spec = SteeringSpec(interventions=[InterventionSpec(hook="model.layers.1", sae=FileRef("sae"),
+                                                        features=[FeatureEdit(1, "clamp", 2.0)])])
+    (tmp_path / "run").mkdir()
+    spec.save(tmp_path / "run" / "best.yaml")
+    shutil.copy(tmp_path / "run" / "best.yaml", tmp_path / "copy.yaml")
+    with pytest.raises(SaesteerError, match=r"relative to the spec's folder .*; keep the spec beside its files"):
+        Steering(lm, SteeringSpec.load(tmp_path / "copy.yaml"))

@@ -37,7 +37,7 @@ def load_sae_ref(spec: SteeringSpec, ref: FileRef, lm: ChatModel, point: HookPoi
     """Load (cached) and check an SAE against the model and the hook it is used at."""
     path = spec.resolve_path(ref)
     if not path.exists():
-        raise SaesteerError(f"SAE {path} not found")
+        raise _not_found("SAE", path, spec, ref)
     weights = path / "sae_weights.safetensors" if path.is_dir() else path
     sae = _load_sae_cached(str(path), weights.stat().st_mtime if weights.exists() else 0.0)
     if ref.sha256 and not sae.content_hash().startswith(ref.sha256):
@@ -45,6 +45,16 @@ def load_sae_ref(spec: SteeringSpec, ref: FileRef, lm: ChatModel, point: HookPoi
                             f"(sha256 {sae.content_hash()[:16]} vs {ref.sha256[:16]}); regenerate the spec")
     check_sae_fits(sae, lm, point, path)
     return sae.to(lm.device)
+
+
+def _not_found(kind: str, path: Path, spec: SteeringSpec, ref: FileRef) -> SaesteerError:
+    """A missing file of a spec; a relative path is read from the spec's own folder, which a copied
+    spec leaves behind."""
+    if Path(ref.path).expanduser().is_absolute() or spec.base_dir is None:
+        return SaesteerError(f"{kind} {path} not found")
+    return SaesteerError(f"{kind} {path} not found: the spec names it as {ref.path!r}, relative to the spec's "
+                         f"folder {spec.base_dir.resolve()}; keep the spec beside its files, or write the path "
+                         "from there or as an absolute path")
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -73,7 +83,7 @@ def check_sae_fits(sae: Any, lm: ChatModel, point: HookPoint | None, path: str |
 def load_vector(spec: SteeringSpec, ref: FileRef, d_model: int, width: str = "the model's d_model") -> torch.Tensor:
     path = spec.resolve_path(ref)
     if not path.is_file():
-        raise SaesteerError(f"vector file {path} not found")
+        raise _not_found("vector file", path, spec, ref)
     if ref.sha256:
         from saesteer.files import sha256_file
 
