@@ -325,6 +325,9 @@ CASES = [
     ("report", "results not UTF-8", ["report", "{w}/sweep_latin1"], "results.jsonl is not UTF-8 text"),
     ("report", "--out a file", ["report", "{w}/sweep_ok", "--out", "{w}/out_file"], "cannot create folder"),
     ("report", "no sweep", ["report", "{w}/out_dir"], "has no results.jsonl"),
+    ("report", "no folder", ["report", "{w}/no_such_sweep"], "does not exist; give the --out folder of a saesteer sweep"),
+    ("eval refusal", "bundled subset misspelt", REFUSAL + ["--dataset", "bundled:harmfull@test"],
+     "unknown bundled subset 'harmfull' (did you mean bundled:harmful?)"),
     # judge
     ("judge", "--batch-size 0", JUDGE + ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     ("judge", "--batch-size -1", JUDGE + ["--batch-size", "-1"], "--batch-size must be at least 1, got -1"),

@@ -290,7 +290,12 @@ def bundled(subset: str | None) -> list[Record]:
     prompt sets (harmful, harmless, borderline = safe but scary-sounding); `bundled:mc` (80
     four-choice questions) and `bundled:math` (40 word problems) are small capability sets."""
     if subset not in (None, *BUNDLED_PARTS, *BUNDLED_CAPABILITY):
-        raise SaesteerError(f"bundled subsets are {', '.join(BUNDLED_PARTS + BUNDLED_CAPABILITY)}")
+        import difflib
+
+        close = difflib.get_close_matches(subset or "", BUNDLED_PARTS + BUNDLED_CAPABILITY, n=1)
+        raise SaesteerError(f"unknown bundled subset {subset!r}"
+                            + (f" (did you mean bundled:{close[0]}?)" if close else "")
+                            + f"; bundled subsets are {', '.join(BUNDLED_PARTS + BUNDLED_CAPABILITY)}")
     if subset == "mc":
         return [Record(id=r["id"], prompt=r["question"], source="bundled:mc", category=r["category"],
                        choices=r["choices"], correct=[int(r["answer"])]) for r in _bundled_lines("capability_mc")]

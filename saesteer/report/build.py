@@ -113,6 +113,8 @@ def _check_rows(rows: list[dict[str, Any]], path: Path) -> None:
 def build_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / "results.jsonl"
+    if not sweep_dir.is_dir():
+        raise SaesteerError(f"{sweep_dir} does not exist; give the --out folder of a saesteer sweep")
     if not results.exists():
         raise SaesteerError(f"{sweep_dir} has no results.jsonl; run saesteer sweep first")
     rows = read_jsonl(results)
