@@ -19,7 +19,8 @@ def capability(
     model: ModelArg,
     out: Annotated[Path, typer.Option(help="Output folder (a rerun resumes it; tasks can be added).")],
     tasks: Annotated[str, typer.Option(help="Comma-separated: mmlu_gen, mmlu_ll, truthfulqa_mc1, "
-                                            "truthfulqa_mc2, gsm8k, gsm8k_chat.")] = DEFAULT_TASKS,
+                                            "truthfulqa_mc2, gsm8k, gsm8k_chat (public data), or bundled_mc, "
+                                            "bundled_mc_ll, bundled_math (offline).")] = DEFAULT_TASKS,
     limit: Annotated[Optional[int], typer.Option(help="At most N items per task (seeded sample).")] = None,
     steer: SteerOpt = None,
     sae: SaeOpt = None,

@@ -24,7 +24,9 @@ def sweep(
     spec: Annotated[Optional[list[Path]], typer.Option(help="A steering spec file evaluated as a grid point of its own (method `spec`), e.g. a search's best.yaml; repeatable.")] = None,
     dataset: Annotated[str, typer.Option(help="Refusal datasets (safe + unsafe labels).")] = "bundled",
     limit: Annotated[Optional[int], typer.Option(help="Prompts per refusal dataset.")] = None,
-    tasks: Annotated[str, typer.Option(help="Capability tasks ('' for none).")] = "mmlu_ll,truthfulqa_mc2",
+    tasks: Annotated[str, typer.Option(help="Capability tasks ('' for none): mmlu_gen, mmlu_ll, truthfulqa_mc1, "
+                                            "truthfulqa_mc2, gsm8k, gsm8k_chat (public data: --data-dir or the hub), "
+                                            "or bundled_mc, bundled_mc_ll, bundled_math (offline).")] = "mmlu_ll,truthfulqa_mc2",
     capability_limit: Annotated[Optional[int], typer.Option(help="Items per capability task.")] = 100,
     kl_dataset: Annotated[str, typer.Option(help="Safe prompts on whose unsteered answers each point's KL from the unsteered model is measured ('' for none).")] = "",
     kl_limit: Annotated[Optional[int], typer.Option(help="Prompts for the KL measure.")] = 24,
