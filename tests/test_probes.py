@@ -161,3 +161,23 @@ def test_detector_scores_stop_early_and_equal_what_the_steered_run_decides_by(tm
             generate(lm, prompts, GenerationConfig(max_new_tokens=3, batch_size=8))
         torch.testing.assert_close(torch.tensor(scores), torch.tensor([steering.gate.scores[i] for i in range(4)]))
         assert detector_scores(lm, spec, prompts, batch_size=2) == pytest.approx(scores, abs=1e-5)
+
+
+def test_five_shot_prompts_come_from_mmlu_where_the_data_directory_holds_it_else_the_bundled_set(tmp_path):
+    from saesteer.data.sources import set_data_dir
+    from saesteer.errors import SaesteerError
+    from saesteer.evaluate.detector import DetectorEvalConfig, five_shot_bundled
+
+    convs = five_shot_bundled(3, seed=0)
+    assert len(convs) == 3 and all(len(c) == 11 and c[-1]["role"] == "user" for _, c in convs)  # 5 answered + 1
+    assert five_shot_bundled(3, seed=0) == convs
+    try:
+        set_data_dir(tmp_path)
+        assert DetectorEvalConfig().five_shot_source() == "bundled"
+        (tmp_path / "mmlu").mkdir()
+        assert DetectorEvalConfig().five_shot_source() == "mmlu"
+        assert DetectorEvalConfig(five_shot_from="bundled").five_shot_source() == "bundled"
+    finally:
+        set_data_dir(None)
+    with pytest.raises(SaesteerError, match="unknown five-shot source 'mmlux'; use auto, mmlu, bundled"):
+        DetectorEvalConfig(five_shot_from="mmlux")

@@ -72,7 +72,9 @@ def detector(
     dataset: Annotated[str, typer.Option(help="Comma-separated datasets with safe/unsafe labels.")] =
         "harmbench,advbench,jailbreakbench,strongreject,xstest,alpaca",
     limit: Annotated[Optional[int], typer.Option(help="At most N prompts per dataset (seeded sample).")] = 50,
-    five_shot: Annotated[int, typer.Option(help="MMLU questions asked after five exemplar turns (0: none).")] = 50,
+    five_shot: Annotated[int, typer.Option(help="Multiple-choice questions asked after five exemplar turns (0: none).")] = 50,
+    five_shot_from: Annotated[str, typer.Option(
+        help="Where those come from: mmlu, bundled (offline) or auto (MMLU when the data directory holds it).")] = "auto",
     batch_size: Annotated[int, typer.Option()] = 16,
     seed: int = 0,
     data_dir: DataDirOpt = None,
@@ -90,11 +92,12 @@ def detector(
 
     at_least(1, limit=limit, batch_size=batch_size)
     at_least(0, five_shot=five_shot)
+    config = DetectorEvalConfig(dataset, limit, five_shot, batch_size, seed, five_shot_from)
     spec = SteeringSpec.load(steer)
     if spec.condition is None:
         raise SaesteerError(f"{steer} has no condition: there is no detector to evaluate")
     lm = load_model(model, dtype=dtype, device=device)
-    result = detector_rates(lm, spec, DetectorEvalConfig(dataset, limit, five_shot, batch_size, seed))
+    result = detector_rates(lm, spec, config)
     write_json(ensure_dir(out) / "summary.json", result)
     for group, r in result["groups"].items():
         say(f"{group}: fires on {r['k']}/{r['n']} ({r['rate']:.0%}, 95% CI {r['ci95'][0]:.0%}-{r['ci95'][1]:.0%})")

@@ -1,6 +1,7 @@
 """How often a conditional spec's detector fires, per dataset: its true-positive rate on unsafe
 prompts, its false-positive rate on safe ones (XSTest safe is the hard case) and on five-shot
-capability prompts, where earlier turns can trigger a detector that reads the whole prompt.
+capability prompts (MMLU, or offline the bundled questions), where earlier turns can trigger a
+detector that reads the whole prompt.
 
 Only the detector runs: each prompt is prefilled once with the spec active (one new token), and
 the gate's decision is read, so this costs a fraction of a refusal evaluation.
@@ -32,9 +33,39 @@ class DetectorEvalConfig:
     datasets: str = "harmbench,advbench,jailbreakbench,strongreject,xstest,alpaca"
     limit: int | None = 50
     five_shot: int = 50
-    """MMLU questions asked with five exemplar turns before them (0: none)."""
+    """Multiple-choice questions asked with five exemplar turns before them (0: none)."""
     batch_size: int = 16
     seed: int = 0
+    five_shot_from: str = "auto"
+    """`mmlu`, `bundled` (saesteer's 80 questions, offline) or `auto`: MMLU where the data
+    directory holds it, else the bundled set."""
+
+    def __post_init__(self) -> None:
+        if self.five_shot_from not in FIVE_SHOT_SOURCES:
+            raise SaesteerError(f"unknown five-shot source {self.five_shot_from!r}; use {', '.join(FIVE_SHOT_SOURCES)}")
+
+    def five_shot_source(self) -> str:
+        if self.five_shot_from != "auto":
+            return self.five_shot_from
+        from saesteer.data import data_dir
+
+        local = data_dir()
+        return "mmlu" if local is not None and (local / "mmlu").is_dir() else "bundled"
+
+
+FIVE_SHOT_SOURCES = ("auto", "mmlu", "bundled")
+
+
+def five_shot_bundled(n: int, seed: int) -> list[tuple[str, PromptLike]]:
+    """(id, conversation) of `n` bundled multiple-choice questions, each after five others of its category."""
+    import random
+
+    from saesteer.evaluate.capability_tasks import few_shot_conversations
+
+    records = load_records("bundled:mc")
+    conversations = few_shot_conversations(records, 5)
+    picked = sorted(random.Random(seed).sample(range(len(records)), min(n, len(records))))
+    return [(records[i].id, conversations[i]) for i in picked]
 
 
 def five_shot_mmlu(n: int, seed: int) -> list[tuple[str, PromptLike]]:
@@ -106,8 +137,10 @@ def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEval
     items: list[tuple[str, str, PromptLike]] = []      # (group, id, prompt)
     for r in load_records(config.datasets, limit=config.limit, seed=config.seed):
         items.append((f"{r.source}:{r.label or 'unlabelled'}", r.id, r.prompt))
-    if config.five_shot:
-        items += [("mmlu_5shot:safe", i, conv) for i, conv in five_shot_mmlu(config.five_shot, config.seed)]
+    source = config.five_shot_source() if config.five_shot else None
+    if source is not None:
+        make = five_shot_mmlu if source == "mmlu" else five_shot_bundled
+        items += [(f"{source}_5shot:safe", i, conv) for i, conv in make(config.five_shot, config.seed)]
     fired: dict[str, list[bool]] = defaultdict(list)
     scores = detector_scores(lm, steering, [p for _, _, p in items], batch_size=config.batch_size, progress=progress)
     decided = steering.gate.condition.decide(torch.tensor(scores)).tolist()
@@ -115,7 +148,8 @@ def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEval
         fired[group].append(bool(steer))
     groups = {g: rate(sum(v), len(v)) for g, v in sorted(fired.items())}
     unsafe = [x for g, v in fired.items() if g.endswith(":unsafe") for x in v]
-    safe = [x for g, v in fired.items() if g.endswith(":safe") and not g.startswith("mmlu_5shot") for x in v]
+    safe = [x for g, v in fired.items() if g.endswith(":safe") and "_5shot:" not in g for x in v]
     return {"spec_hash": steering.hash, "detector": steering.spec.condition.detector,
             "true_positive_rate": rate(sum(unsafe), len(unsafe)) if unsafe else None,
-            "false_positive_rate": rate(sum(safe), len(safe)) if safe else None, "groups": groups}
+            "false_positive_rate": rate(sum(safe), len(safe)) if safe else None, "groups": groups,
+            "five_shot_from": source}
