@@ -71,3 +71,15 @@ def test_spec_points_are_grouped_by_what_they_steer_with_and_their_gate(tmp_path
     (out / "runs" / "old" / "kl").mkdir()
     (out / "runs" / "old" / "kl" / "summary.json").write_text(json.dumps({"mean_kl": 0.1}))
     assert [r["family"] for r in collect(out)] == ["sae_spec_gated"]
+
+
+def test_dense_baselines_without_a_layer_name_the_layer_the_given_specs_steer_at(tmp_path):
+    import pytest
+
+    from saesteer.errors import SaesteerError
+
+    lm = tiny_model("llama", layers=4, d=64)
+    _discovery(tmp_path, absolute=False)
+    config = SweepConfig(methods=("caa",), specs=(str(tmp_path / "disc" / "conditional.yaml"),))
+    with pytest.raises(SaesteerError, match="need --direction-layer .*; the --spec files steer at layer 1"):
+        build_grid(lm, tmp_path / "sweep", config)

@@ -72,7 +72,10 @@ class SweepConfig:
 
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise SaesteerError(f"unknown sweep method(s) {', '.join(unknown)}; use {', '.join(METHODS)}")
+            searched = [m for m in unknown if m in ("sae_add", "sae_ts")]
+            raise SaesteerError(f"unknown sweep method(s) {', '.join(unknown)}; use {', '.join(METHODS)}"
+                                + (f" ({', '.join(searched)} settings come from `saesteer search`: pass the spec it "
+                                   "writes with --spec)" if searched else ""))
         if self.condition_scope is not None and self.condition_scope not in SCOPES:
             raise SaesteerError(f"unknown --condition-scope {self.condition_scope!r}; use {' or '.join(SCOPES)}")
         at_least(1, refusal_limit=self.refusal_limit, capability_limit=self.capability_limit,
@@ -159,9 +162,14 @@ def build_grid(lm: ChatModel, out: Path, config: SweepConfig) -> list[GridPoint]
     if dense:
         layer = config.direction_layer
         if layer is None:
-            if discovery is None:
-                raise SaesteerError("dense baselines need --direction-layer (or --discovery to use the SAE's layer)")
             from saesteer.hooks import hook_point
+
+            if discovery is None:
+                steered = sorted({hook_point(lm.model, i.hook).layer for path in config.specs
+                                  for i in SteeringSpec.load(path).interventions})
+                raise SaesteerError("dense baselines need --direction-layer (or --discovery to use the SAE's layer)"
+                                    + (f"; the --spec files steer at layer {', '.join(map(str, steered))}"
+                                       if steered else ""))
 
             layer = hook_point(lm.model, discovery["sae"]["hook"]).layer
         harmful = harmless = None
