@@ -125,7 +125,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if by_family:   # a sweep without safe prompts has no over-refusal to place its points by
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Safety vs over-refusal, a Pareto front per method (marker size = capability)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
