@@ -71,7 +71,6 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     """
     from saesteer.judge import get_judge
 
-    out = ensure_dir(out)
     shard = current_shard()
     steering = Steering(lm, spec) if spec is not None else None   # checks before any generation
     spec_hash = steering.hash if steering else None
@@ -79,6 +78,7 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     records = [r for r in load_records(config.datasets, limit=config.limit, seed=config.seed)]
     if not records:
         raise SaesteerError(f"no prompts in {config.datasets}")
+    out = ensure_dir(out)     # only once the spec, judge and prompts are known good: no empty folder
     run_info = {"model": lm.describe(), "spec_hash": spec_hash,
                 "spec": steering.spec.to_dict() if steering else None, "settings": config.settings()}
     if previous_run(out, run_info, lm.model_id) is None and shard.is_main:
