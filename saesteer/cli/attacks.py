@@ -74,7 +74,7 @@ def attacks(
                               max_new_tokens=max_new_tokens, batch_size=batch_size, judge=judge, system=system,
                               seed=seed)
     resolve_attacks(attacks)                     # names, files and extras checked before the model loads
-    spec = steering_from_options(steer, sae, hook, clamp, add, scale, ablate, "all")
+    spec = steering_from_options(steer, sae, hook, clamp, add, scale, ablate, None)   # positions: parse_positions
     parse_positions(positions, spec)
     from saesteer.models import load_model
 

@@ -78,11 +78,10 @@ class InterventionSpec:
             raise SaesteerError(f"SAE intervention at {self.hook} lists no features")
         if self.vector is not None and self.op not in ("add", "project_out", "clamp"):
             raise SaesteerError(f"unknown vector op {self.op!r} at {self.hook}; use add, project_out or clamp")
-        if self.sae is not None and (self.op != "add" or self.value != 1.0):
-            # written as add / 1.0 beside every SAE intervention; anything else is a misplaced edit
-            raise SaesteerError(f"SAE intervention at {self.hook} has op {self.op!r} and value {self.value!r}: "
-                                "an SAE intervention's op and value belong to each entry under `features` "
-                                "(remove them, or set op: add and value: 1.0)")
+        if self.sae is not None and self.op != "add":
+            # written as `op: add` beside every SAE intervention; anything else is a misplaced edit
+            raise SaesteerError(f"SAE intervention at {self.hook} has op {self.op!r}: an SAE intervention's op "
+                                "belongs to each entry under `features` (remove it, or set op: add)")
         self.value = check_value(self.value, f"vector {self.op} at {self.hook}")
 
 
