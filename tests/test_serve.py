@@ -564,3 +564,14 @@ def hold_model(lm):
 def slow_model(lm, seconds: float):
     with forward_hooks([(hook_point(lm.model, 0).module, lambda *_: time.sleep(seconds))]):
         yield
+
+
+def test_scaling_a_registered_sae_spec_scales_its_feature_edits():
+    """The page's strength slider scales every edit; an SAE intervention's own value scales with it."""
+    from saesteer.serve.registry import scale_spec
+    from saesteer.steer import FeatureEdit, FileRef, InterventionSpec, SteeringSpec
+
+    spec = SteeringSpec(interventions=[InterventionSpec(hook="model.layers.1", sae=FileRef("sae"),
+                                                        features=[FeatureEdit(3, "clamp", 2.0)])])
+    scaled = scale_spec(spec, 1.5)
+    assert scaled.interventions[0].features[0].value == 3.0
