@@ -60,10 +60,14 @@ def _disk_error(path: Path, e: OSError) -> SaesteerError:
     return SaesteerError(f"cannot write {path}: {e.strerror}")
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
+"""The mode a new file gets in this process (read once: setting the umask to read it is not thread-safe)."""
 
 
 @contextlib.contextmanager
@@ -79,7 +83,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes the file owner-only; give it the usual mode
+        os.chmod(tmp_path, FILE_MODE)  # mkstemp makes the file owner-only; give it the usual mode
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

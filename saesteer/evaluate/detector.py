@@ -10,6 +10,7 @@ the gate's decision is read, so this costs a fraction of a refusal evaluation.
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError
-from saesteer.evaluate.capability_tasks import mmlu_gen_conversation
+from saesteer.evaluate.capability_tasks import few_shot_conversations, mmlu_gen_conversation
 from saesteer.evaluate.stats import rate
 from saesteer.generate import GenerationConfig, generate
 from saesteer.hooks import StopForward, forward_hooks, run_until_stopped
@@ -58,10 +59,6 @@ FIVE_SHOT_SOURCES = ("auto", "mmlu", "bundled")
 
 def five_shot_bundled(n: int, seed: int) -> list[tuple[str, PromptLike]]:
     """(id, conversation) of `n` bundled multiple-choice questions, each after five others of its category."""
-    import random
-
-    from saesteer.evaluate.capability_tasks import few_shot_conversations
-
     records = load_records("bundled:mc")
     conversations = few_shot_conversations(records, 5)
     picked = sorted(random.Random(seed).sample(range(len(records)), min(n, len(records))))

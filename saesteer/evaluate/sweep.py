@@ -226,9 +226,10 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
     out = ensure_dir(out)
     write_json(out / "sweep.json", {"config": asdict(config), "model": lm.describe()})
     grid = build_grid(lm, out, config)
-    # the unsteered answers, which a gated point takes for every prompt its gate leaves alone
+    # the unsteered answers (build_grid puts `none` first), which a gated point takes for every
+    # prompt its gate leaves alone
     unsteered = next((out / "runs" / p.name / "refusal" for p in grid if p.spec is None), None)
-    for i, point in enumerate(sorted(grid, key=lambda p: p.spec is not None)):
+    for i, point in enumerate(grid):
         if progress:
             print(f"[sweep] {i + 1}/{len(grid)} {point.name}", flush=True)
         run_dir = out / "runs" / point.name
