@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,6 +285,22 @@ def _finish(model: Any, tokenizer: Any, name: str, model_id: str, revision: str 
                      revision=revision)
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses the GGUF file three times (tokenizer, config, weights) and rebuilds
+    gguf's tensor-name map once per submodule: about half of a first load on 2 cores. Both are
+    pure functions of their arguments (the reader is a read-only memory map), so share them."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.lru_cache(maxsize=2)(reader)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _converted_gguf(gguf_path: Path) -> tuple[Path, str]:
     """Dequantise a GGUF file once into a cached safetensors folder; return (folder, revision)."""
     stat = gguf_path.stat()
@@ -293,9 +312,10 @@ def _converted_gguf(gguf_path: Path) -> tuple[Path, str]:
 
     started = time.time()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        quant = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+        with _gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            quant = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                         dtype=torch.float32)
     except Exception as e:  # gguf raises assorted errors on damaged files
         raise SaesteerError(f"cannot read GGUF file {gguf_path} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); "
