@@ -384,3 +384,52 @@ def test_smollm2_capability_smoke(tmp_path, smollm2):
     # The instruct model follows the `ANSWER: X` format of its few-shot turns.
     assert all(r["pred"] in fmt.LETTERS for r in rows if r["task"] == "mmlu_gen")
     assert all(-30 < lp < 0 for r in rows if r["task"] == "mmlu_ll" for lp in r["logprobs"])
+
+
+def test_a_gated_spec_takes_unflagged_chat_items_from_the_unsteered_run(tmp_path, lm):
+    """Chat-generation items the gate leaves alone come from the unsteered run, and the rows equal
+    a run that scored everything; log-likelihood items are always scored."""
+    import statistics
+
+    from safetensors.torch import save_file
+
+    from saesteer.evaluate import capability
+    from saesteer.evaluate.detector import detector_scores
+    from saesteer.steer import ConditionSpec
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"v": torch.randn(lm.d_model, generator=g), "c": torch.randn(lm.d_model, generator=g)},
+              str(tmp_path / "v.safetensors"))
+
+    def gated(threshold: float) -> SteeringSpec:
+        return SteeringSpec(interventions=[InterventionSpec(hook="model.layers.1", vector=FileRef("v.safetensors", key="v"),
+                                                            op="add", value=40.0)],
+                            condition=ConditionSpec(detector="direction", hook="model.layers.1", pooling="mean",
+                                                    threshold=threshold, vector=FileRef("v.safetensors", key="c")),
+                            base_dir=tmp_path)
+
+    config = small_config(tasks=("mmlu_gen", "gsm8k_chat", "mmlu_ll"))
+    items = capability.task_items("mmlu_gen", config, capability._Data(RECORDS))
+    prompts, system = capability.chat_prompts("mmlu_gen", items, config)
+    spec = gated(statistics.median(detector_scores(lm, gated(0.0), prompts, system=system)))
+    evaluate_capability(lm, tmp_path / "none", config, records=RECORDS, progress=False)
+    full = evaluate_capability(lm, tmp_path / "full", config, spec, records=RECORDS, progress=False)
+    reused = evaluate_capability(lm, tmp_path / "reused", config, spec, records=RECORDS, progress=False,
+                                 unsteered=tmp_path / "none")
+
+    def rows(name):
+        return sorted(({k: v for k, v in r.items() if k != "spec_hash"} for r in read_jsonl(tmp_path / name / "items.jsonl")),
+                      key=lambda r: (r["task"], r["id"]))
+
+    assert rows("reused") == rows("full")
+    assert reused["scores"] == full["scores"]
+    flagged = {t: sum(r["steered"] for r in rows("full") if r["task"] == t) for t in ("mmlu_gen", "gsm8k_chat")}
+    assert 0 < flagged["mmlu_gen"] < len(items)
+    chat_items = sum(r["task"] != "mmlu_ll" for r in rows("full"))
+    assert full["items_from_unsteered_run"] == 0
+    assert reused["items_from_unsteered_run"] == chat_items - sum(flagged.values())
+    # an unsteered run of other settings is not taken
+    evaluate_capability(lm, tmp_path / "other", small_config(tasks=config.tasks, seed=1), records=RECORDS,
+                        progress=False)
+    assert evaluate_capability(lm, tmp_path / "reused2", config, spec, records=RECORDS, progress=False,
+                               unsteered=tmp_path / "other")["items_from_unsteered_run"] == 0

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
@@ -39,7 +40,7 @@ from saesteer.evaluate.capability_summary import summarise
 from saesteer.evaluate.capability_tasks import DATASET, DEFAULT_TASKS, TASKS, parse_tasks, task_format
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
 from saesteer.evaluate.rundir import finished_rows, previous_run
-from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_jsonl, write_json
+from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_json, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
@@ -224,18 +225,14 @@ class _Runner:
     def _generate(self, task: str, items: list[Item],
                   on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         c = self.config
-        if task == "mmlu_gen":
-            prompts: list[Any] = [fmt.mmlu_gen_conversation(it.record.category or "", it.shots, it.record)
-                                  for it in items]
-            gen_cfg = GenerationConfig(max_new_tokens=c.mmlu_max_new_tokens, batch_size=c.batch_size,
-                                       system=c.system, seed=c.seed)
-            chat, stop = True, (lambda _row, text: fmt.answer_given(text))
-        elif task == "gsm8k_chat":
-            exemplars = fmt.gsm8k_conversation("")[:2 * c.gsm8k_shots]
-            prompts = [exemplars + [{"role": "user", "content": it.record.text}] for it in items]
-            gen_cfg = GenerationConfig(max_new_tokens=c.gsm8k_max_new_tokens, batch_size=c.batch_size,
-                                       system=c.system or fmt.GSM8K_SYSTEM, seed=c.seed)
-            chat, stop = True, None
+        chats = chat_prompts(task, items, c)
+        if chats is not None:
+            prompts: list[Any] = chats[0]
+            gen_cfg = GenerationConfig(max_new_tokens=c.mmlu_max_new_tokens if task == "mmlu_gen"
+                                       else c.gsm8k_max_new_tokens, batch_size=c.batch_size, system=chats[1],
+                                       seed=c.seed)
+            chat = True
+            stop = (lambda _row, text: fmt.answer_given(text)) if task == "mmlu_gen" else None
         else:
             prompts = [gsm8k_prompt(it.record.text, c.gsm8k_shots) for it in items]
             gen_cfg = GenerationConfig(max_new_tokens=c.gsm8k_max_new_tokens, batch_size=c.batch_size,
@@ -269,6 +266,17 @@ class _Runner:
         return rows
 
 
+def chat_prompts(form: str, items: list[Item], config: CapabilityConfig) -> tuple[list[Any], str | None] | None:
+    """The conversations and system prompt of a chat-generation task (None for other formats)."""
+    if form == "mmlu_gen":
+        return [fmt.mmlu_gen_conversation(it.record.category or "", it.shots, it.record) for it in items], config.system
+    if form == "gsm8k_chat":
+        exemplars = fmt.gsm8k_conversation("")[:2 * config.gsm8k_shots]
+        return ([exemplars + [{"role": "user", "content": it.record.text}] for it in items],
+                config.system or fmt.GSM8K_SYSTEM)
+    return None
+
+
 def gsm8k_prompt(question: str, shots: int = 8) -> str:
     """`capability_tasks.gsm8k_prompt` with the first `shots` exemplars."""
     if shots == len(fmt.GSM8K_EXEMPLARS):
@@ -297,11 +305,13 @@ def _rows_path(out: Path, shard: Shard) -> Path:
 def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityConfig | None = None,
                         spec: SteeringSpec | str | Path | dict | None = None, *,
                         records: Mapping[str, list[Record]] | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, unsteered: str | Path | None = None) -> dict[str, Any]:
     """Run the configured tasks with `spec` active; return (and write) the summary.
 
     `records` replaces registry datasets by name (`mmlu`, `mmlu:dev`, `truthfulqa`, `gsm8k`).
-    Returns {} on ranks other than 0 under torchrun.
+    `unsteered` is the folder of an unsteered run with the same settings: a gated spec takes from
+    it the rows of the chat-generation items (`mmlu_gen`, `gsm8k_chat` and their bundled forms) its
+    gate leaves alone, as `evaluate_refusal` does. Returns {} on ranks other than 0 under torchrun.
     """
     config = config or CapabilityConfig()
     out = ensure_dir(out_dir)
@@ -330,12 +340,19 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
     runner = _Runner(lm, config, steering, judge)
     started = time.time()
     rank = f" rank {shard.rank}" if shard.world > 1 else ""
+    n_reused = 0
     with JsonlAppender(path) as writer:
         for task, its in items.items():
             mine = shard.take(its)
             todo = [it for it in mine if (task, it.record.id) not in done]
             bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="item", disable=not progress,
                        desc=f"{task}{rank}")
+            reused = _unsteered_rows(lm, steering, task, todo, config, unsteered, run_info)
+            for row in reused:
+                writer.write({**row, "steered": False, "spec_hash": spec_hash})
+                bar.update(1)
+            n_reused += len(reused)
+            todo = [it for it in todo if it.record.id not in {row["id"] for row in reused}]
             for start in range(0, len(todo), config.chunk):
                 chunk = todo[start:start + config.chunk]
                 for row in runner.run(task, chunk, on_done=lambda _item: bar.update(1)):
@@ -348,9 +365,35 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
     expected = {task: info["n_items"] for task, info in run_info["tasks"].items()}
     summary = summarise(rows, expected)
     summary.update({"model": lm.describe(), "spec_hash": spec_hash, "settings": config.settings(),
-                    "judge": getattr(judge, "name", None), "seconds_this_run": round(time.time() - started, 1)})
+                    "judge": getattr(judge, "name", None), "seconds_this_run": round(time.time() - started, 1),
+                    "items_from_unsteered_run": n_reused})
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _unsteered_rows(lm: ChatModel, steering: Steering | None, task: str, todo: list[Item], config: CapabilityConfig,
+                    unsteered: str | Path | None, run_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of `unsteered` (an unsteered run with these settings) for the items of a
+    chat-generation task that the gate of `steering` does not flag; [] otherwise. Log-likelihood
+    requests and plain-text prompts are gated per scored sequence, so they are always run."""
+    from saesteer.evaluate.detector import detector_scores
+
+    chats = chat_prompts(task_format(task), todo, config)
+    if steering is None or steering.gate is None or unsteered is None or not todo or chats is None:
+        return []
+    folder = Path(unsteered)
+    info = read_json(folder / "run.json") if (folder / "run.json").exists() else None
+    if (not isinstance(info, dict) or info.get("spec_hash") is not None or info.get("settings") != run_info["settings"]
+            or info.get("model") != run_info["model"]):
+        return []
+    rows = {row["id"]: row for row in finished_rows(folder / "items.jsonl", ("task", "id")) if row["task"] == task}
+    present = [i for i, it in enumerate(todo) if it.record.id in rows]
+    if not present:
+        return []
+    scores = detector_scores(lm, steering, [chats[0][i] for i in present], batch_size=config.batch_size,
+                             system=chats[1])
+    fires = steering.gate.condition.decide(torch.tensor(scores)).tolist()
+    return [rows[todo[i].record.id] for i, fire in zip(present, fires) if not fire]
 
 
 def _merge(out: Path, shard: Shard, tasks: Mapping[str, Any]) -> list[dict[str, Any]]:

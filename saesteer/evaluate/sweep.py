@@ -228,7 +228,7 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
     grid = build_grid(lm, out, config)
     # the unsteered answers (build_grid puts `none` first), which a gated point takes for every
     # prompt its gate leaves alone
-    unsteered = next((out / "runs" / p.name / "refusal" for p in grid if p.spec is None), None)
+    unsteered = next((out / "runs" / p.name for p in grid if p.spec is None), None)
     for i, point in enumerate(grid):
         if progress:
             print(f"[sweep] {i + 1}/{len(grid)} {point.name}", flush=True)
@@ -237,9 +237,10 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
                          RefusalEvalConfig(datasets=config.refusal_datasets, limit=config.refusal_limit,
                                            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                            judge=config.judge, seed=config.seed),
-                         point.spec, progress=progress, unsteered=unsteered)
+                         point.spec, progress=progress, unsteered=unsteered and unsteered / "refusal")
         if config.capability_tasks:
-            _capability(lm, run_dir / "capability", config, point.spec, progress)
+            _capability(lm, run_dir / "capability", config, point.spec, progress,
+                        unsteered and unsteered / "capability")
         if config.kl_datasets and not (run_dir / "kl" / "summary.json").exists():
             from saesteer.evaluate.kl import KLConfig, harmless_kl
 
@@ -253,12 +254,13 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
     return collect(out)
 
 
-def _capability(lm: ChatModel, out: Path, config: SweepConfig, spec: SteeringSpec | None, progress: bool) -> None:
+def _capability(lm: ChatModel, out: Path, config: SweepConfig, spec: SteeringSpec | None, progress: bool,
+                unsteered: Path | None) -> None:
     from saesteer.evaluate import capability
 
     cfg = capability.CapabilityConfig(tasks=config.capability_tasks, limit=config.capability_limit, seed=config.seed,
                                       mmlu_shots=config.capability_shots, batch_size=config.batch_size)
-    capability.evaluate_capability(lm, out, cfg, spec, progress=progress)
+    capability.evaluate_capability(lm, out, cfg, spec, progress=progress, unsteered=unsteered)
 
 
 def _record(path: Path) -> dict[str, Any]:
