@@ -40,6 +40,9 @@ class DemoConfig:
     n_causal: int = 8
     candidates: int = 4
     causal_tokens: int = 32
+    causal_multipliers: tuple[float, ...] = (2.0,)
+    """Clamp values tried per candidate, in units of its typical activation. In every demo run so
+    far (layers 6, 9 and 12) the winning latent won at 2x; 4x won only for latents that lost."""
     eval_datasets: str = "bundled:harmful@test,bundled:harmless@test,bundled:borderline@test"
     """Test halves: discovery and the search read only the @train halves."""
     eval_limit: int | None = 24
@@ -86,7 +89,7 @@ def preset(name: str, base: DemoConfig) -> DemoConfig:
                        search_latents=(16,), search_rungs=(4, 8), search_capability=8, wrap_prompts=4)
     if name == "full":
         return replace(base, corpus="corpus", harvest_tokens=5_000_000, context_length=512, train_epochs=1,
-                       n_rank=128, n_causal=64, candidates=12, causal_tokens=64,
+                       n_rank=128, n_causal=64, candidates=12, causal_tokens=64, causal_multipliers=(2.0, 4.0),
                        eval_datasets="harmbench,advbench,jailbreakbench,strongreject,xstest,alpaca", eval_limit=None,
                        eval_tokens=256, clamp_multipliers=(0.5, 0.75, 1.0, 1.25, 1.5),
                        direction_strengths=(0.5, 1.0, 1.5, 2.0),
@@ -182,6 +185,7 @@ def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> dict[
                             DiscoverConfig(harmful=config.harmful_train, harmless=config.harmless_train,
                                            n_rank=config.n_rank, n_causal=config.n_causal,
                                            n_candidates=config.candidates, causal_max_new_tokens=config.causal_tokens,
+                                           causal_multipliers=config.causal_multipliers,
                                            # CAA alignment found the best latents on public prompts (RESULTS);
                                            # attribution costs a backward pass per reply for little here.
                                            rank_by=("activation", "caa_alignment"),
