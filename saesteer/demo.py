@@ -64,6 +64,9 @@ class DemoConfig:
     came second (docs/RESULTS.md, "Demo"); two values keep the search's first rung short."""
     search_latents: tuple[int, ...] = (32, 64)
     search_rungs: tuple[int, ...] = (12, 24, 36)
+    search_batch: int = 64
+    """Rows per batch in the search, which answers all its candidates together: on 2 cores 64 rows
+    took 176 s against 189 s at 32, with the same answers (docs/RESULTS.md, "Demo")."""
     search_unsafe: str = "bundled:harmful@train"
     search_safe: str = "bundled:harmless@train,bundled:borderline@train"
     search_calibration: str = "bundled:harmless@train,bundled:borderline@train"
@@ -235,7 +238,8 @@ def _search(lm: Any, config: DemoConfig, discovery: Path, out: Path, say: Callab
                                                         min_wrapped_steered=config.min_wrapped_steered),
                        unsafe=config.search_unsafe, safe=config.search_safe, calibration=config.search_calibration,
                        capability="bundled:mc", capability_limit=config.search_capability,
-                       wrap_prompts=config.wrap_prompts, rungs=config.search_rungs, max_new_tokens=config.eval_tokens)
+                       wrap_prompts=config.wrap_prompts, rungs=config.search_rungs, max_new_tokens=config.eval_tokens,
+                       batch_size=config.search_batch)
     result = run_search(lm, out, cfg, allow_unmet=True, say=say)
     m = result["best"]["metrics"]
     say(f"      pick: {result['best']['name']} ({'meets' if result['objective_met'] else 'closest to, does NOT meet'} "

@@ -372,3 +372,37 @@ def test_a_copied_spec_says_its_paths_are_read_from_its_own_folder(tmp_path, lm)
     shutil.copy(tmp_path / "run" / "best.yaml", tmp_path / "copy.yaml")
     with pytest.raises(SaesteerError, match=r"relative to the spec's folder .*; keep the spec beside its files"):
         Steering(lm, SteeringSpec.load(tmp_path / "copy.yaml"))
+
+
+def test_specs_sharing_a_batch_each_steer_only_their_own_rows(lm, sae_dir):
+    """RowSteering: one batch of several specs gives every row the answer its spec gives alone."""
+    from saesteer.steer import RowSteering
+
+    specs = [None, clamp(sae_dir, 30.0), clamp(sae_dir, 60.0, feature=5, positions="generated")]
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=4)
+    alone = []
+    for spec in specs:
+        if spec is None:
+            alone.append([g.token_ids for g in generate(lm, PROMPTS, cfg)])
+        else:
+            with Steering(lm, spec).active():
+                alone.append([g.token_ids for g in generate(lm, PROMPTS, cfg)])
+    assert alone[0] != alone[1] and alone[0] != alone[2]          # each spec changes the answers
+    prompts = PROMPTS * len(specs)
+    owner = [j for j in range(len(specs)) for _ in PROMPTS]
+    mixed = RowSteering([(Steering(lm, spec), [i for i, o in enumerate(owner) if o == j])
+                         for j, spec in enumerate(specs) if spec is not None])
+    with mixed.active():
+        together = [g.token_ids for g in generate(lm, prompts, cfg)]
+    assert together == [t for answers in alone for t in answers]
+    # the hooks came off
+    assert [g.token_ids for g in generate(lm, PROMPTS, cfg)] == alone[0]
+
+
+def test_a_conditional_spec_cannot_be_limited_to_given_rows(lm, sae_dir):
+    gated = SteeringSpec(interventions=clamp(sae_dir).interventions,
+                         condition=ConditionSpec(detector="sae_feature", hook="model.layers.1", sae=FileRef(str(sae_dir)),
+                                                 feature=3, threshold=0.0))
+    with pytest.raises(SaesteerError, match="decides its rows itself"):
+        with Steering(lm, gated).active(rows=[0]):
+            pass

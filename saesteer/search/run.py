@@ -11,6 +11,7 @@ stopped, and under `torchrun` each rank answers its share of the candidates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -31,7 +32,7 @@ from saesteer.models import ChatModel, PromptLike
 from saesteer.search.candidates import Candidate, CandidateGrid, Discovery, build_candidates
 from saesteer.search.gates import Gate, GatePrompts, check_gate_names, load_gates
 from saesteer.search.objective import Objective, PointMetrics, combine, pareto_front
-from saesteer.steer import Steering
+from saesteer.steer import RowSteering, Steering
 
 NONE = "none"
 CHOICES = ("sae", "all_sae", "any")
@@ -149,26 +150,42 @@ def _prompts(config: SearchConfig, discovery: Discovery) -> tuple[list[Record], 
     return unsafe, safe
 
 
-def answer(lm: ChatModel, candidate: Candidate | None, records: list[Record], path: Path, config: SearchConfig,
-           judge: Any, bar: tqdm) -> None:
-    """Answer and judge the records not yet in `path` (one JSON line each, so a rerun resumes)."""
-    spec_hash = candidate.spec.hash() if candidate is not None else None
-    rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
-    if any(row.get("spec_hash") != spec_hash for row in rows):
-        raise SaesteerError(f"{path} holds answers of another {path.stem} spec (the discovery or its SAE changed); "
-                            "delete that file or use a new --out")
-    done = {row["id"] for row in rows}
-    todo = [r for r in records if r.id not in done]
-    bar.update(len(records) - len(todo))
-    if not todo:
+def answer(lm: ChatModel, candidates: list[Candidate | None], records: list[Record], out: Path,
+           config: SearchConfig, judge: Any, bar: tqdm) -> None:
+    """Answer and judge, for each candidate (None: unsteered), the records not yet in its answer
+    file (one JSON line each, so a rerun resumes). The candidates' prompts share batches, each
+    spec steering only its own rows: one wide batch instead of one narrow batch per candidate."""
+    jobs: list[tuple[Candidate | None, Path, list[Record]]] = []
+    for candidate in candidates:
+        path = _rows_path(out, candidate)
+        spec_hash = candidate.spec.hash() if candidate is not None else None
+        rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
+        if any(row.get("spec_hash") != spec_hash for row in rows):
+            raise SaesteerError(f"{path} holds answers of another {path.stem} spec (the discovery or its SAE "
+                                "changed); delete that file or use a new --out")
+        done = {row["id"] for row in rows}
+        todo = [r for r in records if r.id not in done]
+        bar.update(len(records) - len(todo))
+        if todo:
+            jobs.append((candidate, path, todo))
+    if not jobs:
         return
-    steering = Steering(lm, candidate.spec) if candidate is not None else None
+    steerings = [Steering(lm, c.spec) if c is not None else None for c, _, _ in jobs]
+    hashes = [c.spec.hash() if c is not None else None for c, _, _ in jobs]
+    flat = [(j, r) for j, (_, _, todo) in enumerate(jobs) for r in todo]
     gen = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed)
-    with JsonlAppender(path) as writer:
-        for start in range(0, len(todo), config.batch_size * 2):
-            chunk = todo[start:start + config.batch_size * 2]
-            for row in answer_and_judge(lm, chunk, gen, judge, steering, True, on_done=lambda *_: bar.update(1)):
-                writer.write({**row, "spec_hash": spec_hash})
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(JsonlAppender(path)) for _, path, _ in jobs]
+        for start in range(0, len(flat), config.batch_size * 2):
+            chunk = flat[start:start + config.batch_size * 2]
+            own: dict[int, list[int]] = {}
+            for i, (j, _) in enumerate(chunk):
+                own.setdefault(j, []).append(i)
+            mixed = RowSteering([(steerings[j], rows) for j, rows in own.items() if steerings[j] is not None])
+            answered = answer_and_judge(lm, [r for _, r in chunk], gen, judge, mixed, True,
+                                        on_done=lambda *_: bar.update(1))
+            for (j, _), row in zip(chunk, answered):
+                writers[j].write({**row, "spec_hash": hashes[j]})
 
 
 def score(candidate: Candidate, rows: dict[str, dict], unsteered: dict[str, dict], labels: dict[str, str],
@@ -262,8 +279,7 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
         todo: list[Candidate | None] = [None, *alive]
         say(f"[search] rung {rung + 1}/{len(config.rungs)}: {len(alive)} candidates x {len(records)} prompts")
         with tqdm(total=len(records) * len(todo), unit="answer", desc=f"search rung {rung + 1}") as bar:
-            for cand in shard.take(todo):
-                answer(lm, cand, records, _rows_path(out, cand), config, judge, bar)
+            answer(lm, shard.take(todo), records, out, config, judge, bar)
         barrier(shard)
         unsteered = _rows(out, None)
         baseline = combine(unsteered, unsteered, None, labels)

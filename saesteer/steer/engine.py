@@ -7,7 +7,8 @@ checked when the spec is resolved, before any generation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from saesteer.errors import SaesteerError
+from saesteer.generate import forward_info
 from saesteer.hooks import HookPoint, hook_point
 from saesteer.models import ChatModel
 from saesteer.steer.conditions import (Condition, ConditionGate, DirectionDetector, ProbeDetector,
                                        SAEFeatureDetector, SAEProbeDetector)
-from saesteer.steer.interventions import (DirectionIntervention, Intervention, SAEFeatureIntervention,
+from saesteer.steer.interventions import (DirectionIntervention, Intervention, RowGate, SAEFeatureIntervention,
                                           apply_interventions)
 from saesteer.steer.spec import FileRef, SteeringSpec
 
@@ -144,8 +146,14 @@ class Steering:
         return self.spec.hash()
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[Steering]:
-        """Register the hooks for the duration of the block (always removed afterwards)."""
+    def active(self, rows: Collection[int] | None = None) -> Iterator[Steering]:
+        """Register the hooks for the duration of the block (always removed afterwards).
+
+        `rows`: steer only these rows of a `generate` call (indices into its prompts), so specs
+        that share a batch each steer their own rows (`RowSteering`)."""
+        if rows is not None and self.gate is not None:
+            raise SaesteerError("a conditional spec decides its rows itself; it cannot be limited to given rows")
+        gate = RowSubset(rows) if rows is not None else self.gate
         with contextlib.ExitStack() as stack:
             if self.gate is not None:
                 point = self.gate.condition.point
@@ -156,7 +164,38 @@ class Steering:
                     handle = self.lm.model.register_forward_pre_hook(self.gate.prepass_hook(self.lm.model),
                                                                      with_kwargs=True)
                 stack.callback(handle.remove)
-            stack.enter_context(apply_interventions(self.groups, self.spec.positions, self.gate))  # type: ignore[arg-type]
+            stack.enter_context(apply_interventions(self.groups, self.spec.positions, gate))  # type: ignore[arg-type]
+            yield self
+
+
+class RowSubset(RowGate):
+    """Steer only the rows whose index in the `generate` call is in `rows`."""
+
+    def __init__(self, rows: Collection[int]):
+        self.rows = torch.tensor(sorted(rows), dtype=torch.long)
+
+    def rows_mask(self, batch: int, device: torch.device) -> torch.Tensor:
+        info = forward_info()
+        if info is None:
+            raise SaesteerError("steering limited to given rows works only inside saesteer's generate")
+        return torch.isin(info.rows, self.rows.to(info.rows.device)).to(device)
+
+
+@dataclass
+class RowSteering:
+    """Several unconditional specs in one batch, each steering its own rows; rows of no spec are
+    left unsteered. A greedy answer does not depend on its batch, so each row's answer is the one
+    its spec gives alone, and one batch of many specs fills the matrix units better than many
+    small ones (the search answers all its candidates this way)."""
+
+    parts: list[tuple[Steering, Collection[int]]]
+    gate: None = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[RowSteering]:
+        with contextlib.ExitStack() as stack:
+            for steering, rows in self.parts:
+                stack.enter_context(steering.active(rows=rows))
             yield self
 
 
