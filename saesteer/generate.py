@@ -27,6 +27,21 @@ EVAL_BATCH = 32
 2 CPU cores is bound by reading the weights, so 32 rows answer about 1.2x faster than 16
 (docs/RESULTS.md, "Core"); a GPU takes more."""
 
+
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, shortest first: at most `max_rows` rows and
+    at most `max_tokens` padded tokens (rows x longest) per batch, but always at least one row.
+    A forward over prompts (no decoding) costs what its padded batch holds, so a few long prompts
+    must not pad many short ones, nor many long ones share one batch's attention scores."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < max_rows and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
 # Token roles seen by steering hooks. HISTORY: the earlier turns of a conversation (their text and
 # scaffolding); CONTENT is then the last turn's text.
 PAD, TEMPLATE, CONTENT, GENERATED, HISTORY = 0, 1, 2, 3, 4

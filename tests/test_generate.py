@@ -138,3 +138,16 @@ def test_the_cli_answers_as_many_rows_together_as_the_library():
 
     for command in (refusal, attacks):
         assert inspect.signature(command).parameters["batch_size"].default == EVAL_BATCH
+
+
+def test_length_batches_keep_rows_and_padded_tokens_under_their_limits():
+    from saesteer.generate import length_batches
+
+    lengths = [50, 700, 60, 40, 650, 300, 55, 45]
+    batches = length_batches(lengths, max_rows=3, max_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [[lengths[i] for i in b] for b in batches] == [[40, 45, 50], [55, 60, 300], [650], [700]]
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 1000)
+    assert length_batches([5000], 4, 100) == [[0]]      # a prompt longer than the budget still gets a batch
+    assert length_batches([], 4, 100) == []
