@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from saesteer.data import Record  # noqa: E402
 from saesteer.evaluate import capability_tasks as fmt  # noqa: E402
-from saesteer.evaluate.capability import CapabilityConfig, _Data, evaluate_capability, task_items  # noqa: E402
+from saesteer.evaluate.capability import CapabilityConfig, TaskData, evaluate_capability, task_items  # noqa: E402
 from saesteer.files import ensure_dir, read_jsonl, write_json  # noqa: E402
 from saesteer.models import load_model  # noqa: E402
 
@@ -206,7 +206,7 @@ def main() -> None:
     print(f"# saesteer vs lm-eval on {args.model} | {time.strftime('%Y-%m-%d %H:%M')} | torch {torch.__version__} "
           f"| {torch.get_num_threads()} threads | seed {args.seed} | spec {steering.hash if steering else None}",
           flush=True)
-    data = _Data(None)
+    data = TaskData(None)
     items, ours, seconds = {}, {}, {}
     for task, n in limits.items():
         config = CapabilityConfig(tasks=(task,), limit=n, seed=args.seed, batch_size=args.batch_size, judge=None)

@@ -404,6 +404,34 @@ def test_bad_input_is_one_clean_line(world, ports, tmp_path, monkeypatch, capsys
     assert {k: v for k, v in after.items() if k in before} == before, "a file that existed was changed"
 
 
+NO_FOLDER = [
+    ("eval refusal", REFUSAL + ["--dataset", "no_such_set"], "unknown dataset"),
+    ("eval capability", CAPABILITY[:-4] + ["--tasks", "mmlu_ll"], "missing mmlu/test"),
+    ("discover", DISCOVER + ["--harmful", "no_such_set"], "unknown dataset"),
+    ("search", SEARCH + ["--methods", "sae_add", "--unsafe", "no_such_set"], "unknown dataset"),
+    ("sweep", SWEEP + ["--dataset", "no_such_set"], "unknown dataset"),
+    ("sweep", SWEEP[:SWEEP.index("--tasks")] + ["--tasks", "mmlu_ll"] + SWEEP[SWEEP.index("--tasks") + 2:],
+     "missing mmlu/test"),
+]
+
+
+@pytest.mark.parametrize("command,args,message", NO_FOLDER, ids=[f"{c}: {m}" for c, _, m in NO_FOLDER])
+def test_a_data_error_leaves_no_output_folder(world, tmp_path, monkeypatch, capsys, command, args, message):
+    """The data is checked before `--out` is made: a typo leaves nothing to clean up."""
+    from saesteer.cli import main
+
+    out = tmp_path / "never_made"
+    argv = [a.format(w=world, m=world / "model", out=out) for a in args]
+    monkeypatch.setenv("SAESTEER_DATA", str(tmp_path / "empty_data_dir"))
+    (tmp_path / "empty_data_dir").mkdir()
+    monkeypatch.setattr(sys, "argv", ["saesteer", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err, err[-2000:]
+    assert not out.exists()
+
+
 def test_the_table_covers_every_command():
     commands = {c for c, _, _, _ in CASES}
     assert commands >= {"harvest", "train", "eval sae", "discover", "generate", "eval refusal", "eval capability",

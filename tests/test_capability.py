@@ -409,7 +409,7 @@ def test_a_gated_spec_takes_unflagged_chat_items_from_the_unsteered_run(tmp_path
                             base_dir=tmp_path)
 
     config = small_config(tasks=("mmlu_gen", "gsm8k_chat", "mmlu_ll"))
-    items = capability.task_items("mmlu_gen", config, capability._Data(RECORDS))
+    items = capability.task_items("mmlu_gen", config, capability.TaskData(RECORDS))
     prompts, system = capability.chat_prompts("mmlu_gen", items, config)
     spec = gated(statistics.median(detector_scores(lm, gated(0.0), prompts, system=system)))
     evaluate_capability(lm, tmp_path / "none", config, records=RECORDS, progress=False)

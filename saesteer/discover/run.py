@@ -180,7 +180,6 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     from saesteer.judge import get_judge
 
     config = config or DiscoverConfig()
-    out = ensure_dir(out)
     started = time.time()
     meta = sae.metadata or {}
     if sae.d_in != lm.d_model:
@@ -202,6 +201,7 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     if len(harmful) < need or len(harmless) < need:
         raise SaesteerError(f"discovery needs {need} prompts per class (n_rank + n_causal); "
                             f"got {len(harmful)} harmful and {len(harmless)} harmless")
+    out = ensure_dir(out)     # only once the SAE, judge and prompts are known good: no empty folder
     rank_harmful, causal_harmful = harmful[:config.n_rank], harmful[config.n_rank:need]
     rank_harmless, causal_harmless = harmless[:config.n_rank], harmless[config.n_rank:need]
 

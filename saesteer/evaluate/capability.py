@@ -109,7 +109,7 @@ def sample(records: list, limit: int | None, seed: int) -> list:
     return [records[i] for i in keep]
 
 
-class _Data:
+class TaskData:
     """Datasets by name, loaded once; `records` overrides the registry (tests, custom sets)."""
 
     def __init__(self, records: Mapping[str, list[Record]] | None):
@@ -122,7 +122,7 @@ class _Data:
         return self.loaded[name]
 
 
-def task_items(task: str, config: CapabilityConfig, data: _Data) -> list[Item]:
+def task_items(task: str, config: CapabilityConfig, data: TaskData) -> list[Item]:
     records = sample(data(DATASET[task]), config.limit, config.seed)
     form = task_format(task)
     if form in ("mmlu_gen", "mmlu_ll"):
@@ -314,17 +314,17 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
     gate leaves alone, as `evaluate_refusal` does. Returns {} on ranks other than 0 under torchrun.
     """
     config = config or CapabilityConfig()
-    out = ensure_dir(out_dir)
     shard = current_shard()
     steering = Steering(lm, spec) if spec is not None else None   # checks the spec before any work
     spec_hash = steering.hash if steering else None
     judge = (get_refusal_judge(config.judge) if any(task_format(t) == "mmlu_gen" for t in config.tasks)
              else None)
-    data = _Data(records)
+    data = TaskData(records)
     items = {task: task_items(task, config, data) for task in config.tasks}
     for task, its in items.items():
         if not its:
             raise SaesteerError(f"no items for task {task}")
+    out = ensure_dir(out_dir)     # only once the spec, judge and items are known good: no empty folder
     run_info: dict[str, Any] = {"model": lm.describe(), "spec_hash": spec_hash,
                                 "spec": steering.spec.to_dict() if steering else None,
                                 "settings": config.settings(), "tasks": {}}

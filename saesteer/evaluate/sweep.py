@@ -223,6 +223,7 @@ def _discovery(folder: Path) -> dict[str, Any]:
 def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:
     from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
 
+    _check_data(config)
     out = ensure_dir(out)
     write_json(out / "sweep.json", {"config": asdict(config), "model": lm.describe()})
     grid = build_grid(lm, out, config)
@@ -254,13 +255,34 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
     return collect(out)
 
 
+def _check_data(config: SweepConfig) -> None:
+    """The discovery, prompts and capability items load: a bad name or a dataset that is not on
+    this machine fails before the sweep makes a folder or answers a prompt, not after a point."""
+    from saesteer.evaluate import capability
+
+    if config.discovery:
+        _discovery(Path(config.discovery))
+    if not load_records(config.refusal_datasets, limit=config.refusal_limit, seed=config.seed):
+        raise SaesteerError(f"no prompts in {config.refusal_datasets}")
+    if config.capability_tasks:
+        cfg, data = _capability_config(config), capability.TaskData(None)
+        for task in cfg.tasks:
+            if not capability.task_items(task, cfg, data):
+                raise SaesteerError(f"no items for capability task {task}")
+
+
+def _capability_config(config: SweepConfig) -> Any:
+    from saesteer.evaluate.capability import CapabilityConfig
+
+    return CapabilityConfig(tasks=config.capability_tasks, limit=config.capability_limit, seed=config.seed,
+                            mmlu_shots=config.capability_shots, batch_size=config.batch_size)
+
+
 def _capability(lm: ChatModel, out: Path, config: SweepConfig, spec: SteeringSpec | None, progress: bool,
                 unsteered: Path | None) -> None:
     from saesteer.evaluate import capability
 
-    cfg = capability.CapabilityConfig(tasks=config.capability_tasks, limit=config.capability_limit, seed=config.seed,
-                                      mmlu_shots=config.capability_shots, batch_size=config.batch_size)
-    capability.evaluate_capability(lm, out, cfg, spec, progress=progress, unsteered=unsteered)
+    capability.evaluate_capability(lm, out, _capability_config(config), spec, progress=progress, unsteered=unsteered)
 
 
 def _record(path: Path) -> dict[str, Any]:

@@ -243,7 +243,7 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
     from saesteer.sae import load_sae
     from saesteer.steer.sae_vectors import latent_contrast
 
-    out = ensure_dir(out)
+    out = Path(out)
     shard = current_shard()
     settings = {"answers": _settings(config), "model": lm.model_id}
     previous = out / "search_settings.json"
@@ -257,6 +257,7 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
     sae = load_sae(discovery.sae_ref.path).to(lm.device)
     unsafe, safe = _prompts(config, discovery)
     judge = get_judge(config.judge)
+    ensure_dir(out)     # only once the discovery, judge and prompts are known good: no empty folder
     if shard.is_main:
         write_json(previous, settings)
     contrast_prompts = [r.text for r in (unsafe[:config.contrast_prompts // 2] + safe[:config.contrast_prompts // 2])]
