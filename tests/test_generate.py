@@ -134,9 +134,10 @@ def test_the_cli_answers_as_many_rows_together_as_the_library():
 
     from saesteer.cli.attacks import attacks
     from saesteer.cli.evaluate import refusal
+    from saesteer.cli.search import search
     from saesteer.generate import EVAL_BATCH
 
-    for command in (refusal, attacks):
+    for command in (refusal, attacks, search):
         assert inspect.signature(command).parameters["batch_size"].default == EVAL_BATCH
 
 

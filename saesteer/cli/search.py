@@ -38,6 +38,7 @@ def search(
     choose_from: Annotated[str, typer.Option(help="sae: best.yaml steers with SAE latents (any gate); all_sae: the gate is SAE-based too; any: CAA allowed.")] = "sae",
     allow_unmet: Annotated[bool, typer.Option(help="Write best.yaml even when no setting meets the objective (the closest).")] = False,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch; a rung's candidates share batches.")] = 32,
     judge: Annotated[str, typer.Option()] = "auto",
     seed: int = 0,
     data_dir: DataDirOpt = None,
@@ -66,7 +67,7 @@ def search(
         safe=safe or default_safe, calibration=calibration or safe or default_safe,
         calibration_limit=calibration_limit,
         rungs=numbers(rungs, "--rungs", int, "whole numbers like 8,16,32"), keep=keep, choose_from=choose_from,
-        max_new_tokens=max_new_tokens, judge=judge, seed=seed)
+        max_new_tokens=max_new_tokens, batch_size=batch_size, judge=judge, seed=seed)
     if not (discovery / "features.json").exists():
         from saesteer.errors import SaesteerError
 
