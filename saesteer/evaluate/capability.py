@@ -352,7 +352,8 @@ def evaluate_capability(lm: ChatModel, out_dir: str | Path, config: CapabilityCo
                 writer.write({**row, "steered": False, "spec_hash": spec_hash})
                 bar.update(1)
             n_reused += len(reused)
-            todo = [it for it in todo if it.record.id not in {row["id"] for row in reused}]
+            taken = {row["id"] for row in reused}
+            todo = [it for it in todo if it.record.id not in taken]
             for start in range(0, len(todo), config.chunk):
                 chunk = todo[start:start + config.chunk]
                 for row in runner.run(task, chunk, on_done=lambda _item: bar.update(1)):
