@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
@@ -39,8 +38,8 @@ from saesteer.evaluate.capability_ll import loglikelihoods
 from saesteer.evaluate.capability_summary import summarise
 from saesteer.evaluate.capability_tasks import DATASET, DEFAULT_TASKS, TASKS, parse_tasks, task_format
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
-from saesteer.evaluate.rundir import finished_rows, previous_run
-from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.evaluate.rundir import finished_rows, is_unsteered_twin, previous_run
+from saesteer.files import JsonlAppender, atomic_path, ensure_dir, read_jsonl, write_json
 from saesteer.generate import GenerationConfig, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
@@ -377,23 +376,20 @@ def _unsteered_rows(lm: ChatModel, steering: Steering | None, task: str, todo: l
     """The rows of `unsteered` (an unsteered run with these settings) for the items of a
     chat-generation task that the gate of `steering` does not flag; [] otherwise. Log-likelihood
     requests and plain-text prompts are gated per scored sequence, so they are always run."""
-    from saesteer.evaluate.detector import detector_scores
+    from saesteer.evaluate.detector import gate_decisions
 
     chats = chat_prompts(task_format(task), todo, config)
     if steering is None or steering.gate is None or unsteered is None or not todo or chats is None:
         return []
     folder = Path(unsteered)
-    info = read_json(folder / "run.json") if (folder / "run.json").exists() else None
-    if (not isinstance(info, dict) or info.get("spec_hash") is not None or info.get("settings") != run_info["settings"]
-            or info.get("model") != run_info["model"]):
+    if not is_unsteered_twin(folder, run_info):
         return []
     rows = {row["id"]: row for row in finished_rows(folder / "items.jsonl", ("task", "id")) if row["task"] == task}
     present = [i for i, it in enumerate(todo) if it.record.id in rows]
     if not present:
         return []
-    scores = detector_scores(lm, steering, [chats[0][i] for i in present], batch_size=config.batch_size,
-                             system=chats[1])
-    fires = steering.gate.condition.decide(torch.tensor(scores)).tolist()
+    fires = gate_decisions(lm, steering, [chats[0][i] for i in present], batch_size=config.batch_size,
+                           system=chats[1])
     return [rows[todo[i].record.id] for i, fire in zip(present, fires) if not fire]
 
 

@@ -88,6 +88,13 @@ tokens, 43 to 692 each) took 64-74 s in batches of 64 rows, a third of it paddin
 2,048 tokens per batch 36-39 s, 4,096 40-46 s, 16,384 50-65 s (alternated, same scores to 4e-6)."""
 
 
+def gate_decisions(lm: ChatModel, steering: Steering, prompts: list[PromptLike], *, batch_size: int = 16,
+                   system: str | None = None, progress: bool | str = False) -> list[bool]:
+    """Whether the spec's gate steers each prompt (the decision the steered run makes)."""
+    scores = detector_scores(lm, steering, prompts, batch_size=batch_size, system=system, progress=progress)
+    return [bool(d) for d in steering.gate.condition.decide(torch.tensor(scores)).tolist()]  # type: ignore[union-attr]
+
+
 def detectors_scores(lm: ChatModel, steerings: Sequence[Steering | SteeringSpec | str], prompts: list[PromptLike], *,
                      batch_size: int = 16, system: str | None = None,
                      progress: bool | str = False) -> list[list[float]]:
@@ -143,10 +150,9 @@ def detector_rates(lm: ChatModel, spec: SteeringSpec | str, config: DetectorEval
         make = five_shot_mmlu if source == "mmlu" else five_shot_bundled
         items += [(f"{source}_5shot:safe", i, conv) for i, conv in make(config.five_shot, config.seed)]
     fired: dict[str, list[bool]] = defaultdict(list)
-    scores = detector_scores(lm, steering, [p for _, _, p in items], batch_size=config.batch_size, progress=progress)
-    decided = steering.gate.condition.decide(torch.tensor(scores)).tolist()
+    decided = gate_decisions(lm, steering, [p for _, _, p in items], batch_size=config.batch_size, progress=progress)
     for (group, _, _), steer in zip(items, decided):
-        fired[group].append(bool(steer))
+        fired[group].append(steer)
     groups = {g: rate(sum(v), len(v)) for g, v in sorted(fired.items())}
     unsafe = [x for g, v in fired.items() if g.endswith(":unsafe") for x in v]
     safe = [x for g, v in fired.items() if g.endswith(":safe") and "_5shot:" not in g for x in v]

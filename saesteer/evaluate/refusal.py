@@ -14,15 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError, at_least
 from saesteer.evaluate.distributed import Shard, barrier, current_shard
-from saesteer.evaluate.rundir import finished_rows, previous_run
+from saesteer.evaluate.rundir import finished_rows, is_unsteered_twin, previous_run
 from saesteer.evaluate.stats import rate
-from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json
+from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
 from saesteer.generate import EVAL_BATCH, GenerationConfig, OnDone, generate
 from saesteer.models import ChatModel
 from saesteer.steer import Steering, SteeringSpec
@@ -125,24 +124,19 @@ def _unsteered_answers(lm: ChatModel, steering: Steering | None, todo: list[Reco
                        unsteered: str | Path | None, run_info: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of `unsteered` (an unsteered run with these settings) for the prompts the gate of
     `steering` does not flag; [] when there is no gate or no such run."""
-    from saesteer.evaluate.detector import detector_scores
+    from saesteer.evaluate.detector import gate_decisions
 
     if steering is None or steering.gate is None or unsteered is None or not todo:
         return []
     folder = Path(unsteered)
-    if not (folder / "run.json").exists():
-        return []
-    info = read_json(folder / "run.json")
-    if (not isinstance(info, dict) or info.get("spec_hash") is not None or info.get("settings") != run_info["settings"]
-            or info.get("model") != run_info["model"]):
+    if not is_unsteered_twin(folder, run_info):
         return []
     answers = {row["id"]: row for row in finished_rows(folder / "responses.jsonl")}
     candidates = [r for r in todo if r.id in answers]
     if not candidates:
         return []
-    scores = detector_scores(lm, steering, [r.prompt for r in candidates], batch_size=config.batch_size,
-                             system=config.system)
-    fires = steering.gate.condition.decide(torch.tensor(scores)).tolist()
+    fires = gate_decisions(lm, steering, [r.prompt for r in candidates], batch_size=config.batch_size,
+                           system=config.system)
     return [answers[r.id] for r, fire in zip(candidates, fires) if not fire]
 
 

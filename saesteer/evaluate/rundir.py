@@ -43,3 +43,12 @@ def finished_rows(path: Path, keys: tuple[str, ...] = ("id",)) -> list[dict[str,
             raise SaesteerError(f"{path}: row {n} has no {missing[0]!r}, so it is not a row saesteer wrote; "
                                 "delete that line (or the file) and rerun")
     return rows
+
+
+def is_unsteered_twin(folder: Path, run_info: dict[str, Any]) -> bool:
+    """Whether `folder` holds an unsteered run of the same model and settings as `run_info`, whose
+    rows a gated run may take for the prompts its gate leaves alone."""
+    path = folder / "run.json"
+    info = read_json(path) if path.exists() else None
+    return (isinstance(info, dict) and info.get("spec_hash") is None and info.get("settings") == run_info["settings"]
+            and info.get("model") == run_info["model"])
