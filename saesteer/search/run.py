@@ -155,7 +155,7 @@ def answer(lm: ChatModel, candidates: list[Candidate | None], records: list[Reco
     """Answer and judge, for each candidate (None: unsteered), the records not yet in its answer
     file (one JSON line each, so a rerun resumes). The candidates' prompts share batches, each
     spec steering only its own rows: one wide batch instead of one narrow batch per candidate."""
-    jobs: list[tuple[Candidate | None, Path, list[Record]]] = []
+    jobs: list[tuple[Candidate | None, Path, list[Record], str | None]] = []
     for candidate in candidates:
         path = _rows_path(out, candidate)
         spec_hash = candidate.spec.hash() if candidate is not None else None
@@ -167,15 +167,14 @@ def answer(lm: ChatModel, candidates: list[Candidate | None], records: list[Reco
         todo = [r for r in records if r.id not in done]
         bar.update(len(records) - len(todo))
         if todo:
-            jobs.append((candidate, path, todo))
+            jobs.append((candidate, path, todo, spec_hash))
     if not jobs:
         return
-    steerings = [Steering(lm, c.spec) if c is not None else None for c, _, _ in jobs]
-    hashes = [c.spec.hash() if c is not None else None for c, _, _ in jobs]
-    flat = [(j, r) for j, (_, _, todo) in enumerate(jobs) for r in todo]
+    steerings = [Steering(lm, c.spec) if c is not None else None for c, _, _, _ in jobs]
+    flat = [(j, r) for j, (_, _, todo, _) in enumerate(jobs) for r in todo]
     gen = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed)
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(JsonlAppender(path)) for _, path, _ in jobs]
+        writers = [stack.enter_context(JsonlAppender(path)) for _, path, _, _ in jobs]
         for start in range(0, len(flat), config.batch_size * 2):
             chunk = flat[start:start + config.batch_size * 2]
             own: dict[int, list[int]] = {}
@@ -185,7 +184,7 @@ def answer(lm: ChatModel, candidates: list[Candidate | None], records: list[Reco
             answered = answer_and_judge(lm, [r for _, r in chunk], gen, judge, mixed, True,
                                         on_done=lambda *_: bar.update(1))
             for (j, _), row in zip(chunk, answered):
-                writers[j].write({**row, "spec_hash": hashes[j]})
+                writers[j].write({**row, "spec_hash": jobs[j][3]})
 
 
 def score(candidate: Candidate, rows: dict[str, dict], unsteered: dict[str, dict], labels: dict[str, str],
