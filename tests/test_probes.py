@@ -132,6 +132,22 @@ def test_sparse_probe_strength_is_chosen_on_the_fitting_prompts():
     assert probe.calibration["C"] in L1_GRID and probe.calibration["penalty"] == "l1"
 
 
+def test_sparse_probe_does_not_depend_on_numpys_global_random_state():
+    """liblinear shuffles with a seed it draws from numpy when given none: the chosen C and the
+    weights (so the demo's gate and pick) changed from run to run."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    harmful = torch.relu(torch.randn(40, 300, generator=g) + torch.linspace(0, 0.8, 300))
+    harmless = torch.relu(torch.randn(40, 300, generator=g))
+    probes = []
+    for state in (1, 2, 3):
+        np.random.seed(state)
+        probes.append(fit_sparse_probe(harmful, harmless))
+    assert len({p.calibration["C"] for p in probes}) == 1
+    assert all(torch.equal(probes[0].weight, p.weight) and probes[0].threshold == p.threshold for p in probes)
+
+
 def test_detector_scores_stop_early_and_equal_what_the_steered_run_decides_by(tmp_path):
     """Scoring several detectors in one pass that stops after the deepest gives, per prompt, the
     score each gate records when the steered model answers in full (prompts of mixed lengths,

@@ -99,11 +99,14 @@ def _fit(harmful: torch.Tensor, harmless: torch.Tensor, *, l1: bool, target_fpr:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             search = LogisticRegressionCV(Cs=L1_GRID, cv=CV_FOLDS, l1_ratios=[1.0], solver="liblinear",
-                                          scoring="roc_auc", max_iter=5000, class_weight="balanced").fit(features, y)
+                                          scoring="roc_auc", max_iter=5000, class_weight="balanced",
+                                          random_state=seed).fit(features, y)
         c = float(search.C_[0])
     c = 0.5 if c is None else c
+    # liblinear shuffles the data: without its own seed it draws one from numpy's global state,
+    # and the C chosen (so the probe, the gate and the demo's pick) changed from run to run.
     clf = LogisticRegression(l1_ratio=1.0 if l1 else 0.0, solver="liblinear", C=c, max_iter=5000,
-                             class_weight="balanced")
+                             class_weight="balanced", random_state=seed)
     clf.fit(features, y)
     weight = (torch.tensor(clf.coef_[0]) / scale).float()
     bias = float(clf.intercept_[0]) - float((weight.double() * centre).sum())
