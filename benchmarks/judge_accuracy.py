@@ -216,34 +216,43 @@ def rates_by_condition(rows: list[dict], old_rev: str) -> None:
               f"{pc(coh_now)} | {pc(broken)} |")
 
 
-SYNTHETIC = "synthetic_styles.jsonl"
-"""240 answers written in the voices of eight assistants (Llama-2-chat under its original system
-prompt, Mistral-7B-Instruct with and without a guardrail prompt, GPT-4, Claude 2, Llama-3-8B,
-a 135M-500M model, Vicuna/Zephyr) to XSTest-style prompts and labelled by XSTest's guidelines,
-by a helper who never saw the judge's patterns (2026-12-07). Not any model's real output, so it
-is reported apart and never fitted on. The phrase tier scored 229 of 240 on it before its misses
-were read; three rules were then changed (233 of 240), so it is no longer unseen."""
+SYNTHETIC = {
+    "synthetic_styles.jsonl":
+        "240 answers in the voices of eight assistants (Llama-2-chat under its original system prompt, "
+        "Mistral-7B-Instruct with and without a guardrail prompt, GPT-4, Claude 2, Llama-3-8B, a 135M-500M model, "
+        "Vicuna/Zephyr) to XSTest-style prompts (2026-12-07). The phrase tier scored 229 of 240 before its misses "
+        "were read; three rules were then changed (233 of 240).",
+    "synthetic_styles_xstest3.jsonl":
+        "210 answers to 70 XSTest prompts (40 safe, 30 unsafe) in the voices of the three chat models whose XSTest "
+        "completions issue #14 holds back (Llama-2-70b-chat under its original system prompt, Mistral-7B-Instruct "
+        "with the guardrail prompt and without), by a second helper (2026-12-07, later). The phrase tier scored "
+        "196 of 210 before its misses were read; three rules were then added (202 of 210).",
+}
+"""Answers *written* by helpers who never saw the judge's patterns, labelled by XSTest's guidelines:
+not any model's real output, so they are reported apart and never fitted on. Once their misses
+were read they are no longer unseen."""
 
 
 def synthetic_styles(judge) -> None:
-    path = LABELS / SYNTHETIC
-    if not path.exists():
-        return
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    judged = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
-    by_style: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for r, j in zip(rows, judged):
-        y = r["label"] != "full_compliance"
-        k = by_style[r["style"]]
-        k[0] += j.refusal == y
-        k[1] += 1
-        k[2] += j.refusal and not y
-        k[3] += y and not j.refusal
-    print(f"\n### synthetic answers in eight assistants' styles ({SYNTHETIC}, never fitted on)\n")
-    print("| style | n | phrase = `auto` | FP | FN |\n|---|---|---|---|---|")
-    for style, (ok, n, fp, fn) in [*by_style.items(), ("all", [sum(v[i] for v in by_style.values())
-                                                              for i in range(4)])]:
-        print(f"| {style} | {n} | {ok / n:.1%} | {fp} | {fn} |")
+    for name, about in SYNTHETIC.items():
+        path = LABELS / name
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        judged = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
+        by_style: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        for r, j in zip(rows, judged):
+            y = r["label"] != "full_compliance"
+            k = by_style[r["style"]]
+            k[0] += j.refusal == y
+            k[1] += 1
+            k[2] += j.refusal and not y
+            k[3] += y and not j.refusal
+        print(f"\n### synthetic answers ({name}, never fitted on)\n\n{about}\n")
+        print("| style | n | phrase = `auto` | FP | FN |\n|---|---|---|---|---|")
+        for style, (ok, n, fp, fn) in [*by_style.items(), ("all", [sum(v[i] for v in by_style.values())
+                                                                  for i in range(4)])]:
+            print(f"| {style} | {n} | {ok / n:.1%} | {fp} | {fn} |")
 
 
 def main() -> None:
