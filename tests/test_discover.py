@@ -131,14 +131,15 @@ def test_greedy_set_adds_latents_while_the_score_rises():
 
     gain = {1: 0.3, 2: 0.2, 3: -0.1, 4: 0.05}   # what each latent adds on top of the others
 
-    def rates(edits):
-        return sum(gain[e.feature] for e in edits), 0.0
+    def rates(sets):
+        return [(sum(gain[e.feature] for e in edits), 0.0) for edits in sets]
 
     calls = []
     got = greedy_feature_set([cand(1, 0.3), cand(2, 0.2), cand(3, 0.1), cand(4, 0.0)],
-                             lambda e: calls.append(len(e)) or rates(e), (0.0, 0.0), pool=4, max_size=4)
+                             lambda sets: calls.append([len(e) for e in sets]) or rates(sets), (0.0, 0.0),
+                             pool=4, max_size=4)
     assert [e.feature for e in got.edits] == [1, 2, 4] and got.score == pytest.approx(0.55)
-    assert calls == [2, 2, 2, 3, 3, 4]          # 3 tries, then 2, then 1 (latent 3 only lowers it)
+    assert calls == [[2, 2, 2], [3, 3], [4]]    # a step's tries in one call; latent 3 only lowers it
     assert [t["add"] for t in got.steps[0]["tried"]] == [2, 3, 4]
     single = greedy_feature_set([cand(1, 0.3), cand(3, 0.1)], rates, (0.0, 0.0), pool=4, max_size=4)
     assert [e.feature for e in single.edits] == [1] and len(single.steps) == 1

@@ -209,3 +209,44 @@ def test_positions_on_the_command_line_override_the_specs_own(tmp_path, dataset,
         result = CliRunner().invoke(app, args + (["--positions", given] if given else []))
         assert result.exit_code == 0, result.output
         assert read_json(out / "run.json")["spec"]["positions"] == expected
+
+
+def test_ungated_runs_answered_together_equal_each_run_alone(tmp_path, dataset, monkeypatch):
+    """answer_together: several runs' prompts share batches, each spec steering its own rows; every
+    folder then holds the rows evaluate_refusal writes alone, and a rerun answers nothing twice."""
+    import saesteer.evaluate.refusal as refusal
+    from saesteer.sae import TopKSAE, save_sae
+    from saesteer.steer import ConditionSpec, FileRef
+    from saesteer.steer.interventions import FeatureEdit
+    from saesteer.steer.spec import sae_clamp_spec
+
+    lm = tiny_model("llama")
+    save_sae(TopKSAE.init(64, 128, 4), tmp_path / "sae")
+    specs = [None] + [sae_clamp_spec(tmp_path / "sae", "model.layers.1", [FeatureEdit(f, "clamp", 40.0)],
+                                     name=f"clamp-{f}") for f in (0, 7)]
+    config = RefusalEvalConfig(datasets=dataset, max_new_tokens=6, batch_size=4, judge="phrase", chunk=2)
+    alone = []
+    for j, spec in enumerate(specs):
+        evaluate_refusal(lm, tmp_path / f"alone{j}", config, spec, progress=False)
+        alone.append(read_jsonl(tmp_path / f"alone{j}" / "responses.jsonl"))
+    assert alone[0] != alone[1] and alone[0] != alone[2]          # each spec changes the answers
+    outs = [tmp_path / f"together{j}" for j in range(len(specs))]
+    # the second run already holds two rows (an interrupted sweep): it gets only the rest
+    evaluate_refusal(lm, outs[1], config, specs[1], progress=False)
+    rows = (outs[1] / "responses.jsonl").read_text().splitlines()
+    (outs[1] / "responses.jsonl").write_text("\n".join(rows[:2]) + "\n")
+    refusal.answer_together(lm, list(zip(outs, specs)), config, progress=False)
+
+    def no_answers(*_args, **_kwargs):
+        raise AssertionError("evaluate_refusal answered a prompt that answer_together had answered")
+
+    monkeypatch.setattr(refusal, "answer_and_judge", no_answers)
+    for out, spec, rows_alone in zip(outs, specs, alone):
+        evaluate_refusal(lm, out, config, spec, progress=False)     # only summarises
+        assert read_jsonl(out / "responses.jsonl") == rows_alone
+    gated = sae_clamp_spec(tmp_path / "sae", "model.layers.1", [FeatureEdit(0, "clamp", 40.0)])
+    gated.condition = ConditionSpec(detector="sae_feature", hook="model.layers.1",
+                                    sae=FileRef(str(tmp_path / "sae")), feature=1, threshold=0.0)
+    with pytest.raises(SaesteerError, match="ungated specs only"):
+        refusal.answer_together(lm, [(tmp_path / "gated", gated)], config, progress=False)
+    assert not (tmp_path / "gated").exists()

@@ -116,7 +116,7 @@ def test_search_writes_a_loadable_best_spec_and_resumes_without_answering_again(
     def no_generation(*a, **k):
         raise AssertionError("a rerun answered again")
 
-    monkeypatch.setattr(run, "answer_and_judge", no_generation)
+    monkeypatch.setattr(run, "answer_each", no_generation)
     again = run_search(lm, out, _config(disc, prompts), say=lambda _: None)
     assert again["best"] == result["best"]
     # a stricter objective on a rerun reuses every answer; none can meet it: clear error, points kept

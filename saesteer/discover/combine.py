@@ -31,11 +31,13 @@ class FeatureSet:
                 "harmless_refusal": self.harmless_refusal, "steps": self.steps}
 
 
-def greedy_feature_set(candidates: list[dict[str, Any]], rates: Callable[[list[FeatureEdit]], tuple[float, float]],
+def greedy_feature_set(candidates: list[dict[str, Any]],
+                       rates: Callable[[list[list[FeatureEdit]]], list[tuple[float, float]]],
                        baseline: tuple[float, float], *, pool: int = 8, max_size: int = 4) -> FeatureSet:
     """`candidates` are discovery's checked features, best first (`feature`, `best_value`,
-    `causal_score`, and the rates at that value); `rates(edits)` steers with the edits together
-    and returns (harmful coherent refusal, harmless refusal) on the causal-check prompts."""
+    `causal_score`, and the rates at that value); `rates(sets)` steers with each set's edits
+    together and returns, per set, (harmful coherent refusal, harmless refusal) on the
+    causal-check prompts. A step's sets go to `rates` in one call, so they can share batches."""
     base_h, base_s = baseline
 
     def score(h: float, s: float) -> float:
@@ -48,13 +50,9 @@ def greedy_feature_set(candidates: list[dict[str, Any]], rates: Callable[[list[F
                          best["harmful_refusal"], best["harmless_refusal"])
     while len(current.edits) < max_size:
         used = {e.feature for e in current.edits}
-        tried = []
-        for cand in ranked:
-            if cand["feature"] in used:
-                continue
-            edits = current.edits + [FeatureEdit(cand["feature"], "clamp", cand["best_value"])]
-            h, s = rates(edits)
-            tried.append((score(h, s), h, s, edits))
+        sets = [current.edits + [FeatureEdit(cand["feature"], "clamp", cand["best_value"])]
+                for cand in ranked if cand["feature"] not in used]
+        tried = [(score(h, s), h, s, edits) for edits, (h, s) in zip(sets, rates(sets) if sets else [])]
         if not tried:
             break
         current.steps.append({"from": [e.feature for e in current.edits],

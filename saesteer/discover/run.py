@@ -37,7 +37,7 @@ from saesteer.generate import CONTENT, EVAL_BATCH, ForwardInfo, GenerationConfig
 from saesteer.hooks import base_model, capture, hook_point, run_until_stopped
 from saesteer.judge import judge_stopper
 from saesteer.models import ChatModel, to_conversation
-from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, SteeringSpec, Steering
+from saesteer.steer import ConditionSpec, FeatureEdit, FileRef, InterventionSpec, RowSteering, SteeringSpec, Steering
 from saesteer.steer.conditions import threshold_for_fpr
 from saesteer.steer.engine import check_sae_fits
 from saesteer.steer.probes import write_probe_specs
@@ -292,36 +292,49 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     bar = tqdm(total=len(causal_prompts) * (1 + len(features) * n_values), unit="prompt",
                desc="causal check", disable=not progress, leave=False)
 
-    def refusal_rates(spec: SteeringSpec | None) -> tuple[float, float, list[str]]:
-        stop = judge_stopper(judge, causal_prompts, min_words=COHERENCE_WORDS)
-        with Steering(lm, spec, check_model=False).active() if spec is not None else _null():
-            gens = generate(lm, causal_prompts, c_cfg, should_stop=stop, on_done=lambda _row, _gen: bar.update(1))
+    def refusal_rates(specs: list[SteeringSpec | None]) -> list[tuple[float, float, list[str]]]:
+        """(coherent harmful refusal, harmless refusal, answers) under each spec (None: unsteered).
+        The specs' prompts share batches, each spec steering its own rows (`RowSteering`): a
+        greedy answer does not depend on its batch, and a few wide batches beat many narrow ones."""
+        n = len(causal_prompts)
+        prompts = causal_prompts * len(specs)
+        stop = judge_stopper(judge, prompts, min_words=COHERENCE_WORDS)
+        mixed = RowSteering([(Steering(lm, spec, check_model=False), range(i * n, (i + 1) * n))
+                             for i, spec in enumerate(specs) if spec is not None])
+        with mixed.active():
+            gens = generate(lm, prompts, c_cfg, should_stop=stop, on_done=lambda _row, _gen: bar.update(1))
         texts = [g.text for g in gens]
-        js = judge.judge(causal_prompts, texts)
-        h = [(j, t) for j, t, m in zip(js, texts, is_harmful) if m]
-        s = [j for j, m in zip(js, is_harmful) if not m]
-        # Harmful prompts count only coherent refusals: a clamp that breaks the text has not made
-        # the model refuse. Harmless prompts count every refusal.
-        return _rate([j for j, _ in h], [t for _, t in h]), _rate(s), texts
+        verdicts = judge.judge(prompts, texts)
+        rates = []
+        for i in range(len(specs)):
+            js, ts = verdicts[i * n:(i + 1) * n], texts[i * n:(i + 1) * n]
+            h = [(j, t) for j, t, m in zip(js, ts, is_harmful) if m]
+            s = [j for j, m in zip(js, is_harmful) if not m]
+            # Harmful prompts count only coherent refusals: a clamp that breaks the text has not made
+            # the model refuse. Harmless prompts count every refusal.
+            rates.append((_rate([j for j, _ in h], [t for _, t in h]), _rate(s), ts))
+        return rates
 
-    base_h, base_s, base_texts = refusal_rates(None)
     active = scores["max_act"][scores["max_act"] > 0]
     typical_act = float(active.median()) if len(active) else 1.0
     sae_ref = FileRef(str(Path(sae_path).resolve()) if sae_path else str(out / "sae"),
                       sae.content_hash() if hasattr(sae, "content_hash") else None)
+    tried = [(feat, value) for feat in features
+             for value in (list(config.causal_values) or [round(m * _clamp_scale(feat, typical_act), 3)
+                                                          for m in config.causal_multipliers])]
+    specs = [SteeringSpec(interventions=[InterventionSpec(hook=point.name, sae=sae_ref,
+                                                          features=[FeatureEdit(feat["feature"], "clamp", value)])])
+             for feat, value in tried]
+    (base_h, base_s, base_texts), *steered = refusal_rates([None, *specs])
     for feat in features:
-        values = list(config.causal_values) or [round(m * _clamp_scale(feat, typical_act), 3)
-                                                for m in config.causal_multipliers]
         feat["causal"] = []
-        for value in values:
-            spec = SteeringSpec(interventions=[InterventionSpec(hook=point.name, sae=sae_ref,
-                                                                features=[FeatureEdit(feat["feature"], "clamp", value)])])
-            rh, rs, texts = refusal_rates(spec)
-            feat["causal"].append({"value": value, "harmful_refusal": rh, "harmless_refusal": rs,
-                                   "harmful_gain": rh - base_h, "harmless_gain": rs - base_s,
-                                   "score": (rh - base_h) - (rs - base_s),
-                                   "examples": [{"prompt": p, "response": t} for p, t in
-                                                zip(causal_prompts[:2] + causal_prompts[-2:], texts[:2] + texts[-2:])]})
+    for (feat, value), (rh, rs, texts) in zip(tried, steered):
+        feat["causal"].append({"value": value, "harmful_refusal": rh, "harmless_refusal": rs,
+                               "harmful_gain": rh - base_h, "harmless_gain": rs - base_s,
+                               "score": (rh - base_h) - (rs - base_s),
+                               "examples": [{"prompt": p, "response": t} for p, t in
+                                            zip(causal_prompts[:2] + causal_prompts[-2:], texts[:2] + texts[-2:])]})
+    for feat in features:
         best = max(feat["causal"], key=lambda c: (c["score"], c["harmful_gain"]))
         feat["causal_score"], feat["best_value"] = best["score"], best["value"]
         feat["best_harmful_gain"] = max(c["harmful_gain"] for c in feat["causal"])
@@ -329,10 +342,11 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
     for rank, feat in enumerate(features):
         feat["rank"] = rank
 
-    def set_rates(edits: list[FeatureEdit]) -> tuple[float, float]:
-        bar.total += len(causal_prompts)
-        spec = SteeringSpec(interventions=[InterventionSpec(hook=point.name, sae=sae_ref, features=edits)])
-        return refusal_rates(spec)[:2]
+    def set_rates(sets: list[list[FeatureEdit]]) -> list[tuple[float, float]]:
+        bar.total += len(causal_prompts) * len(sets)
+        specs = [SteeringSpec(interventions=[InterventionSpec(hook=point.name, sae=sae_ref, features=edits)])
+                 for edits in sets]
+        return [(h, s) for h, s, _ in refusal_rates(specs)]
 
     feature_set = None
     if config.set_max_size > 1 and len(features) > 1:
@@ -406,8 +420,3 @@ def discover(lm: ChatModel, sae: Any, out: str | Path, config: DiscoverConfig | 
 def prompt_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -8,11 +8,12 @@ takes every world-th prompt and rank 0 merges the shards.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
@@ -24,7 +25,7 @@ from saesteer.evaluate.stats import rate
 from saesteer.files import JsonlAppender, ensure_dir, read_jsonl, write_json
 from saesteer.generate import EVAL_BATCH, GenerationConfig, OnDone, generate
 from saesteer.models import ChatModel
-from saesteer.steer import Steering, SteeringSpec
+from saesteer.steer import RowSteering, Steering, SteeringSpec
 
 
 @dataclass
@@ -59,6 +60,41 @@ def _rows_path(out: Path, shard: Shard) -> Path:
     return out / ("responses.jsonl" if shard.world == 1 else f"responses.rank{shard.rank}.jsonl")
 
 
+@dataclass
+class _Run:
+    """One refusal run folder, opened: its spec, prompts and the prompts still to answer."""
+    out: Path
+    spec: SteeringSpec | str | Path | None
+    steering: Steering | None
+    records: list[Record]
+    todo: list[Record]
+    path: Path
+    run_info: dict[str, Any]
+
+    @property
+    def spec_hash(self) -> str | None:
+        return self.steering.hash if self.steering else None
+
+
+def _open(lm: ChatModel, out: str | Path, config: RefusalEvalConfig, spec: SteeringSpec | str | Path | None,
+          shard: Shard, ungated: bool = False) -> _Run:
+    steering = Steering(lm, spec) if spec is not None else None   # checks before any generation
+    if ungated and steering is not None and steering.gate is not None:
+        raise SaesteerError(f"{out}: answer_together takes ungated specs only (a gate decides its rows itself); "
+                            "evaluate a gated spec with evaluate_refusal")
+    records = [r for r in load_records(config.datasets, limit=config.limit, seed=config.seed)]
+    if not records:
+        raise SaesteerError(f"no prompts in {config.datasets}")
+    out = ensure_dir(out)     # only once the spec, judge and prompts are known good: no empty folder
+    run_info = {"model": lm.describe(), "spec_hash": steering.hash if steering else None,
+                "spec": steering.spec.to_dict() if steering else None, "settings": config.settings()}
+    if previous_run(out, run_info, lm.model_id) is None and shard.is_main:
+        write_json(out / "run.json", run_info)
+    path = _rows_path(out, shard)
+    done = {row["id"] for row in finished_rows(path)}
+    return _Run(out, spec, steering, records, [r for r in shard.take(records) if r.id not in done], path, run_info)
+
+
 def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
                      spec: SteeringSpec | str | Path | None = None, *, progress: bool = True,
                      unsteered: str | Path | None = None) -> dict[str, Any]:
@@ -71,28 +107,16 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     from saesteer.judge import get_judge
 
     shard = current_shard()
-    steering = Steering(lm, spec) if spec is not None else None   # checks before any generation
-    spec_hash = steering.hash if steering else None
     judge = get_judge(config.judge)
-    records = [r for r in load_records(config.datasets, limit=config.limit, seed=config.seed)]
-    if not records:
-        raise SaesteerError(f"no prompts in {config.datasets}")
-    out = ensure_dir(out)     # only once the spec, judge and prompts are known good: no empty folder
-    run_info = {"model": lm.describe(), "spec_hash": spec_hash,
-                "spec": steering.spec.to_dict() if steering else None, "settings": config.settings()}
-    if previous_run(out, run_info, lm.model_id) is None and shard.is_main:
-        write_json(out / "run.json", run_info)
-    mine = shard.take(records)
-    path = _rows_path(out, shard)
-    done = {row["id"] for row in finished_rows(path)}
-    todo = [r for r in mine if r.id not in done]
-    gen_cfg = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                               system=config.system, seed=config.seed)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="prompt", disable=not progress,
+    run = _open(lm, out, config, spec, shard)
+    steering, spec_hash, todo = run.steering, run.spec_hash, run.todo
+    mine = len(shard.take(run.records))
+    gen_cfg = _generation(config)
+    bar = tqdm(total=mine, initial=mine - len(todo), unit="prompt", disable=not progress,
                desc=f"eval refusal{' rank ' + str(shard.rank) if shard.world > 1 else ''}")
     started = time.time()
-    reused = _unsteered_answers(lm, steering, todo, config, unsteered, run_info)
-    with JsonlAppender(path) as writer:
+    reused = _unsteered_answers(lm, steering, todo, config, unsteered, run.run_info)
+    with JsonlAppender(run.path) as writer:
         for row in reused:
             writer.write({**row, "steered": False, "spec_hash": spec_hash})
             bar.update(1)
@@ -108,16 +132,63 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     barrier(shard)
     if not shard.is_main:
         return {}
-    rows = _merge(out, shard, records)
-    summary = summarise(rows, records)
+    rows = _merge(run.out, shard, run.records)
+    summary = summarise(rows, run.records)
     summary.update({"model": lm.describe(), "spec_hash": spec_hash,
                     "spec_name": steering.spec.name if steering else None,
                     "spec_file": str(spec) if isinstance(spec, (str, Path)) else None, "judge": config.judge,
                     "generation": asdict(gen_cfg), "dataset_spec": config.datasets, "limit": config.limit,
                     "seconds_this_run": round(time.time() - started, 1),
                     "answers_from_unsteered_run": len(reused)})
-    write_json(out / "summary.json", summary)
+    write_json(run.out / "summary.json", summary)
     return summary
+
+
+def answer_together(lm: ChatModel, runs: list[tuple[str | Path, SteeringSpec | str | Path | None]],
+                    config: RefusalEvalConfig, *, progress: bool = True) -> None:
+    """Answer the unanswered prompts of several ungated runs (folder, spec; None: unsteered) in
+    shared batches, each spec steering only its own rows (`RowSteering`), into each run's folder.
+    A greedy answer does not depend on its batch, so each row is the one `evaluate_refusal` would
+    write; a few wide batches beat one narrow tail per run. `evaluate_refusal` on each folder
+    afterwards only summarises."""
+    from saesteer.judge import get_judge
+
+    shard = current_shard()
+    judge = get_judge(config.judge)
+    opened = [_open(lm, out, config, spec, shard, ungated=True) for out, spec in runs]
+    todo = sum(len(run.todo) for run in opened)
+    if not todo:
+        return
+    bar = tqdm(total=todo, unit="prompt", disable=not progress, desc=f"eval refusal, {len(runs)} runs together")
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(JsonlAppender(run.path)) for run in opened]
+        for j, row in answer_each(lm, [(run.steering, run.todo) for run in opened], _generation(config), judge,
+                                  config.early_stop, config.chunk, on_done=lambda _row, _gen: bar.update(1)):
+            writers[j].write({**row, "spec_hash": opened[j].spec_hash})
+    bar.close()
+
+
+def answer_each(lm: ChatModel, jobs: list[tuple[Steering | None, list[Record]]], gen_cfg: GenerationConfig,
+                judge: Any, early_stop: bool, chunk: int, on_done: OnDone | None = None
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(job index, judged row) for every record of every job, each job's ungated steering (None:
+    unsteered) applied to its own rows of shared batches; `chunk` rows are answered per step, so a
+    caller that writes the rows as they come can resume."""
+    flat = [(j, r) for j, (_, records) in enumerate(jobs) for r in records]
+    for start in range(0, len(flat), chunk):
+        part = flat[start:start + chunk]
+        own: dict[int, list[int]] = {}
+        for i, (j, _) in enumerate(part):
+            own.setdefault(j, []).append(i)
+        mixed = RowSteering([(steering, own[j]) for j, (steering, _) in enumerate(jobs)
+                             if j in own and steering is not None])
+        answered = answer_and_judge(lm, [r for _, r in part], gen_cfg, judge, mixed, early_stop, on_done=on_done)
+        yield from ((j, row) for (j, _), row in zip(part, answered))
+
+
+def _generation(config: RefusalEvalConfig) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                            system=config.system, seed=config.seed)
 
 
 def _unsteered_answers(lm: ChatModel, steering: Steering | None, todo: list[Record], config: RefusalEvalConfig,

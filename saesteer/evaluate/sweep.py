@@ -221,12 +221,23 @@ def _discovery(folder: Path) -> dict[str, Any]:
 
 
 def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:
-    from saesteer.evaluate.refusal import RefusalEvalConfig, evaluate_refusal
+    from saesteer.evaluate.refusal import RefusalEvalConfig, answer_together, evaluate_refusal
 
     _check_data(config)
     out = ensure_dir(out)
     write_json(out / "sweep.json", {"config": asdict(config), "model": lm.describe()})
     grid = build_grid(lm, out, config)
+    refusal = RefusalEvalConfig(datasets=config.refusal_datasets, limit=config.refusal_limit,
+                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                judge=config.judge, seed=config.seed)
+    # The ungated points' prompts share batches (the same answers, fewer and wider batches); a
+    # gated point answers alone, after them.
+    ungated = [p for p in grid if p.spec is None or p.spec.condition is None]
+    if len(ungated) > 1:
+        if progress:
+            print(f"[sweep] answering the {len(ungated)} ungated points' prompts together", flush=True)
+        answer_together(lm, [(out / "runs" / p.name / "refusal", p.spec) for p in ungated], refusal,
+                        progress=progress)
     # the unsteered answers (build_grid puts `none` first), which a gated point takes for every
     # prompt its gate leaves alone
     unsteered = next((out / "runs" / p.name for p in grid if p.spec is None), None)
@@ -234,11 +245,8 @@ def run_sweep(lm: ChatModel, out: str | Path, config: SweepConfig, *, progress: 
         if progress:
             print(f"[sweep] {i + 1}/{len(grid)} {point.name}", flush=True)
         run_dir = out / "runs" / point.name
-        evaluate_refusal(lm, run_dir / "refusal",
-                         RefusalEvalConfig(datasets=config.refusal_datasets, limit=config.refusal_limit,
-                                           max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                           judge=config.judge, seed=config.seed),
-                         point.spec, progress=progress, unsteered=unsteered and unsteered / "refusal")
+        evaluate_refusal(lm, run_dir / "refusal", refusal, point.spec, progress=progress,
+                         unsteered=unsteered and unsteered / "refusal")
         if config.capability_tasks:
             _capability(lm, run_dir / "capability", config, point.spec, progress,
                         unsteered and unsteered / "capability")

@@ -25,14 +25,14 @@ from tqdm.auto import tqdm
 from saesteer.data import Record, load_records
 from saesteer.errors import SaesteerError, at_least
 from saesteer.evaluate.distributed import barrier, current_shard
-from saesteer.evaluate.refusal import answer_and_judge
+from saesteer.evaluate.refusal import answer_each
 from saesteer.files import JsonlAppender, ensure_dir, read_json, read_jsonl, write_json, write_text
 from saesteer.generate import EVAL_BATCH, GenerationConfig
 from saesteer.models import ChatModel, PromptLike
 from saesteer.search.candidates import Candidate, CandidateGrid, Discovery, build_candidates
 from saesteer.search.gates import Gate, GatePrompts, check_gate_names, load_gates
 from saesteer.search.objective import Objective, PointMetrics, combine, pareto_front
-from saesteer.steer import RowSteering, Steering
+from saesteer.steer import Steering
 
 NONE = "none"
 CHOICES = ("sae", "all_sae", "any")
@@ -171,20 +171,12 @@ def answer(lm: ChatModel, candidates: list[Candidate | None], records: list[Reco
     if not jobs:
         return
     steerings = [Steering(lm, c.spec) if c is not None else None for c, _, _, _ in jobs]
-    flat = [(j, r) for j, (_, _, todo, _) in enumerate(jobs) for r in todo]
     gen = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed)
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(JsonlAppender(path)) for _, path, _, _ in jobs]
-        for start in range(0, len(flat), config.batch_size * 2):
-            chunk = flat[start:start + config.batch_size * 2]
-            own: dict[int, list[int]] = {}
-            for i, (j, _) in enumerate(chunk):
-                own.setdefault(j, []).append(i)
-            mixed = RowSteering([(steerings[j], rows) for j, rows in own.items() if steerings[j] is not None])
-            answered = answer_and_judge(lm, [r for _, r in chunk], gen, judge, mixed, True,
-                                        on_done=lambda *_: bar.update(1))
-            for (j, _), row in zip(chunk, answered):
-                writers[j].write({**row, "spec_hash": jobs[j][3]})
+        for j, row in answer_each(lm, [(s, todo) for s, (_, _, todo, _) in zip(steerings, jobs)], gen, judge, True,
+                                  config.batch_size * 2, on_done=lambda *_: bar.update(1)):
+            writers[j].write({**row, "spec_hash": jobs[j][3]})
 
 
 def score(candidate: Candidate, rows: dict[str, dict], unsteered: dict[str, dict], labels: dict[str, str],
