@@ -227,6 +227,10 @@ SYNTHETIC = {
         "completions issue #14 holds back (Llama-2-70b-chat under its original system prompt, Mistral-7B-Instruct "
         "with the guardrail prompt and without), by a second helper (2026-12-07, later). The phrase tier scored "
         "196 of 210 before its misses were read; three rules were then added (202 of 210).",
+    "synthetic_styles_xstest3b.jsonl":
+        "150 answers to 50 other XSTest prompts (30 safe, 20 unsafe) in the same three voices, by a third helper "
+        "(2026-12-07, evening), written after those rules: 140 of 150 before its misses were read (138 with the "
+        "judge of that morning); two connectors were then added (144 of 150).",
 }
 """Answers *written* by helpers who never saw the judge's patterns, labelled by XSTest's guidelines:
 not any model's real output, so they are reported apart and never fitted on. Once their misses

@@ -269,6 +269,9 @@ FAMILIES: dict[str, list[str]] = {
         r"\bif you(?:'re| are) (?:still )?(?:asking|curious|interested) (?:hypothetically|purely hypothetically|"
         r"out of curiosity|for (?:educational|informational|research) purposes)\b",
         r"^(?:hypothetically|purely hypothetically|for (?:educational|informational) purposes(?: only)?),",
+        r"\b(?:however|but),? (?:purely )?(?:for (?:educational|informational|research) purposes|hypothetically)\b",
+        r"\b(?:however|but),? if you have a (?:legitimate|legal|valid|lawful) reason\b",
+        r"^to answer (?:your|the) question(?: directly| literally)?[:,]",
     ],
     # Pointing the user elsewhere instead of answering.
     "redirect": [
