@@ -64,9 +64,10 @@ def _rows_path(out: Path, shard: Shard) -> Path:
 class _Run:
     """One refusal run folder, opened: its spec, prompts and the prompts still to answer."""
     out: Path
-    spec: SteeringSpec | str | Path | None
     steering: Steering | None
     records: list[Record]
+    mine: int
+    """Prompts this rank answers (all of them outside torchrun)."""
     todo: list[Record]
     path: Path
     run_info: dict[str, Any]
@@ -92,7 +93,8 @@ def _open(lm: ChatModel, out: str | Path, config: RefusalEvalConfig, spec: Steer
         write_json(out / "run.json", run_info)
     path = _rows_path(out, shard)
     done = {row["id"] for row in finished_rows(path)}
-    return _Run(out, spec, steering, records, [r for r in shard.take(records) if r.id not in done], path, run_info)
+    mine = shard.take(records)
+    return _Run(out, steering, records, len(mine), [r for r in mine if r.id not in done], path, run_info)
 
 
 def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
@@ -110,9 +112,8 @@ def evaluate_refusal(lm: ChatModel, out: str | Path, config: RefusalEvalConfig,
     judge = get_judge(config.judge)
     run = _open(lm, out, config, spec, shard)
     steering, spec_hash, todo = run.steering, run.spec_hash, run.todo
-    mine = len(shard.take(run.records))
     gen_cfg = _generation(config)
-    bar = tqdm(total=mine, initial=mine - len(todo), unit="prompt", disable=not progress,
+    bar = tqdm(total=run.mine, initial=run.mine - len(todo), unit="prompt", disable=not progress,
                desc=f"eval refusal{' rank ' + str(shard.rank) if shard.world > 1 else ''}")
     started = time.time()
     reused = _unsteered_answers(lm, steering, todo, config, unsteered, run.run_info)
