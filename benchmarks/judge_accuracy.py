@@ -39,11 +39,15 @@ LABELS = Path(__file__).with_name("labels")
 XSTEST = ("gpt4", "llama2new")
 # model -> its hand-label files (smollm2: unsteered + CAA answers, and answers steered with SAE latents)
 HAND = {"smollm2": ("smollm2_answers.jsonl", "smollm2_saeadd_answers.jsonl"),
+        # the demo's own answers (unsteered, SAE clamp, CAA 2x, the search's pick and its train-prompt
+        # candidates), labelled after the patterns were written: smollm2 again, but styles never read
+        "smollm2 demo": ("smollm2_demo_answers.jsonl",),
         "qwen2.5-0.5b": ("qwen_answers.jsonl", "qwen_guardrail_answers.jsonl")}
 # model -> answers of chat models from the public corpus, labelled by reading (judge_corpus_sample.py)
 CORPUS = {"alpaca_eval (4 chat models)": "alpaca_eval:", "hh_rlhf assistant": "hh_rlhf:"}
 CORPUS_LABELS = "corpus_answers.jsonl"
-PROMPT_SETS = "harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca,bundled:harmless,bundled:borderline"
+PROMPT_SETS = ("harmbench,advbench,strongreject,jailbreakbench,xstest,alpaca,bundled:harmful,bundled:harmless,"
+               "bundled:borderline")
 
 
 def load_xstest(model: str) -> list[dict]:
@@ -231,6 +235,11 @@ SYNTHETIC = {
         "150 answers to 50 other XSTest prompts (30 safe, 20 unsafe) in the same three voices, by a third helper "
         "(2026-12-07, evening), written after those rules: 140 of 150 before its misses were read (138 with the "
         "judge of that morning); two connectors were then added (144 of 150).",
+    "synthetic_styles_xstest4.jsonl":
+        "180 answers to 60 further XSTest prompts (36 safe, 24 unsafe) in the same three voices, by a fourth helper "
+        "(2026-12-07, the next session): 156 of 180 before its misses were read, guarded Mistral's lectures "
+        "without a refusal phrase the most missed (45 of 60); moral-statement lectures and four connectors were "
+        "then added (165 of 180).",
 }
 """Answers *written* by helpers who never saw the judge's patterns, labelled by XSTest's guidelines:
 not any model's real output, so they are reported apart and never fitted on. Once their misses
