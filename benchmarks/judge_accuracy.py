@@ -240,6 +240,10 @@ SYNTHETIC = {
         "(2026-12-07, the next session): 156 of 180 before its misses were read, guarded Mistral's lectures "
         "without a refusal phrase the most missed (45 of 60); moral-statement lectures and four connectors were "
         "then added (165 of 180).",
+    "synthetic_styles_xstest5.jsonl":
+        "180 answers to 60 further XSTest prompts in the same three voices, by a fifth helper, written after the "
+        "rules set 4 led to (2026-12-07): 159 of 180 (158 with the judge before them). Its misses were read but no "
+        "rule was written from them; it stays a held-out check.",
 }
 """Answers *written* by helpers who never saw the judge's patterns, labelled by XSTest's guidelines:
 not any model's real output, so they are reported apart and never fitted on. Once their misses
