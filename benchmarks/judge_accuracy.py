@@ -9,8 +9,8 @@ prompts) that we labelled by reading them (benchmarks/labels/, GUIDELINES.md the
 of five chat models from the public corpus (AlpacaEval outputs of Claude 2.1, Llama-2-70B-chat,
 GPT-4 1106 and Llama-3-8B-Instruct; HH-RLHF's red-team assistant), drawn by
 judge_corpus_sample.py and labelled by reading them. Refusal is the positive class; a partial
-refusal counts as a refusal. For each model it prints the phrase tier (`auto`, no training), the classifier refitted on the
-*other* models only, and any LLM judge given, with false positives and negatives, per refusal
+refusal counts as a refusal. For each model it prints the phrase tier (no training), the classifier refitted on the
+*other* models only, the two combined as `auto` combines them (a refusal if either says so), and any LLM judge given, with false positives and negatives, per refusal
 family where the labels have one, and the coherence check's agreement with the hand labels. The
 `test` splits (smollm2's holds every SAE-steered answer) were never read while the phrase
 patterns were written; the XSTest sets and the `dev` splits were.
@@ -250,26 +250,32 @@ not any model's real output, so they are reported apart and never fitted on. Onc
 were read they are no longer unseen."""
 
 
-def synthetic_styles(judge) -> None:
+def synthetic_styles(*judges) -> None:
+    """Per voice, each judge's accuracy and false positives / negatives on the helper-written sets."""
     for name, about in SYNTHETIC.items():
         path = LABELS / name
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        judged = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
-        by_style: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        for r, j in zip(rows, judged):
-            y = r["label"] != "full_compliance"
-            k = by_style[r["style"]]
-            k[0] += j.refusal == y
-            k[1] += 1
-            k[2] += j.refusal and not y
-            k[3] += y and not j.refusal
+        ys = [r["label"] != "full_compliance" for r in rows]
+        counts = []     # per judge: style -> [right, n, fp, fn]
+        for judge in judges:
+            by_style: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+            for r, y, j in zip(rows, ys, judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])):
+                k = by_style[r["style"]]
+                k[0] += j.refusal == y
+                k[1] += 1
+                k[2] += j.refusal and not y
+                k[3] += y and not j.refusal
+            by_style["all"] = [sum(v[i] for v in list(by_style.values())) for i in range(4)]
+            counts.append(by_style)
         print(f"\n### synthetic answers ({name}, never fitted on)\n\n{about}\n")
-        print("| style | n | phrase = `auto` | FP | FN |\n|---|---|---|---|---|")
-        for style, (ok, n, fp, fn) in [*by_style.items(), ("all", [sum(v[i] for v in by_style.values())
-                                                                  for i in range(4)])]:
-            print(f"| {style} | {n} | {ok / n:.1%} | {fp} | {fn} |")
+        names = " | ".join(f"`{getattr(j, 'name', j)}` | FP | FN" for j in judges)
+        print(f"| style | n | {names} |\n|---|---|" + "---|---|---|" * len(judges))
+        for style in counts[0]:
+            n = counts[0][style][1]
+            cells = " | ".join(f"{c[style][0] / n:.1%} | {c[style][2]} | {c[style][3]}" for c in counts)
+            print(f"| {style} | {n} | {cells} |")
 
 
 def main() -> None:
@@ -312,7 +318,7 @@ def main() -> None:
                                                      prompt_style=args.prompt_style)))
     if args.hf:
         extra.append((f"hf:{args.hf}", get_judge(f"hf:{args.hf}", prompt_style=args.prompt_style)))
-    phrase = get_judge("auto")
+    phrase = get_judge("phrase")
     for test, rows in data.items():
         views = {"all": rows}
         if any(r["split"] == "test" for r in rows) and any(r["split"] == "dev" for r in rows):
@@ -327,9 +333,10 @@ def main() -> None:
             prompts_, responses = [r["prompt"] for r in vrows], [r["response"] for r in vrows]
             print(f"{view}:\n\n{HEADER}")
             judged = phrase.judge(prompts_, responses)
-            print(line("phrase = `auto` (default)", scores(vrows, judged)))
+            print(line("phrase", scores(vrows, judged)))
             if not args.no_classifier:
                 from saesteer.judge.classifier import ClassifierJudge, save_weights, train_classifier
+                from saesteer.judge.tiers import CombinedJudge
 
                 t0 = time.time()
                 train = [r for m in others for r in data[m]]
@@ -338,7 +345,11 @@ def main() -> None:
                 tmp = Path("/tmp") / f"saesteer_judge_without_{test}.json"
                 save_weights(tmp, w)
                 clf = ClassifierJudge(tmp)
-                print(line("classifier (fitted on the others)", scores(vrows, clf.judge(prompts_, responses))))
+                by_clf = clf.judge(prompts_, responses)
+                print(line("classifier (fitted on the others)", scores(vrows, by_clf)))
+                combined = CombinedJudge(weights=str(tmp)).judge(prompts_, responses)
+                print(line("combined = `auto` (default): phrase or the classifier fitted on the others",
+                           scores(vrows, combined)))
                 print(f"| (classifier fit + judge {time.time() - t0:.0f} s) | | | | | | |")
             for name, judge in extra:
                 sample = vrows if len(vrows) <= args.llm_limit else \
@@ -358,7 +369,7 @@ def main() -> None:
             for r, j in wrong[:args.errors]:
                 kind = "FN" if r["y"] else "FP"
                 print(f"  {kind} [{r['family']}] {r['response'][:200]!r} {j.evidence}")
-    synthetic_styles(phrase)
+    synthetic_styles(phrase, get_judge("auto"))
     print("\n### early stop (phrase tier `decided`, fed word by word)\n")
     for model, rows in data.items():
         print(f"- {model}: {early_stop_agreement(rows)}")
