@@ -16,7 +16,7 @@ from saesteer.errors import SaesteerError
 def judge(
     input: Annotated[Optional[Path], typer.Option("--input", help="JSON lines with 'prompt' and 'response'.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="JSON lines out, one per input row (resumed if it exists); with --train, the weights file.")] = None,
-    judge_name: Annotated[str, typer.Option("--judge", help="auto (default; offline), phrase, classifier, llm, or hf:<model path or alias>.")] = "auto",
+    judge_name: Annotated[str, typer.Option("--judge", help="auto (default; offline: the phrase tier or the classifier), phrase, combined, classifier, llm, or hf:<model path or alias>.")] = "auto",
     endpoint: Annotated[Optional[str], typer.Option(help="llm judge: OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")] = None,
     model: Annotated[Optional[str], typer.Option(help="llm judge: model name, e.g. allenai/wildguard or gpt-4o.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="llm judge: environment variable holding the API key.")] = None,
