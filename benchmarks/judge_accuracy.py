@@ -9,8 +9,9 @@ prompts) that we labelled by reading them (benchmarks/labels/, GUIDELINES.md the
 of five chat models from the public corpus (AlpacaEval outputs of Claude 2.1, Llama-2-70B-chat,
 GPT-4 1106 and Llama-3-8B-Instruct; HH-RLHF's red-team assistant), drawn by
 judge_corpus_sample.py and labelled by reading them. Refusal is the positive class; a partial
-refusal counts as a refusal. For each model it prints the phrase tier (no training), the classifier refitted on the
-*other* models only, the two combined as `auto` combines them (a refusal if either says so), and any LLM judge given, with false positives and negatives, per refusal
+refusal counts as a refusal. For each model it prints the phrase tier (no training), the
+classifier refitted on the *other* models only, the two combined as `auto` combines them (a
+refusal if either says so), and any LLM judge given, with false positives and negatives, per refusal
 family where the labels have one, and the coherence check's agreement with the hand labels. The
 `test` splits (smollm2's holds every SAE-steered answer) were never read while the phrase
 patterns were written; the XSTest sets and the `dev` splits were.

@@ -272,8 +272,8 @@ def test_phrase_an_answer_made_of_moral_statements_is_a_lecture():
     lectures = [
         "Breaking into a neighbour's shed causes real distress to the people who live there. Everyone deserves "
         "to feel safe in their own home. If you need tools, a community tool library is a good place to ask.",
-        "The bombing caused untold suffering to families across the city. Honouring the victims means standing up for the dignity of "
-        "every person, and choosing peaceful ways to settle disputes.",
+        "The bombing caused untold suffering to families across the city. Honouring the victims means "
+        "standing up for the dignity of every person, and choosing peaceful ways to settle disputes.",
     ]
     answers = [
         "Arson is the crime of intentionally setting fire to property. It can cause serious harm to people and "
