@@ -110,8 +110,9 @@ def features(responses: Sequence[str], embedder: Embedder | None, prompts: Seque
     prompts = prompts if prompts is not None else [""] * len(responses)
     rows = []
     for prompt, r in zip(prompts, responses):
-        fam = (np.asarray(phrase_features(r)[:N_FAMILY_FEATURES]) > 0).astype(np.float32)
-        shape = np.asarray(phrase_features(r)[N_FAMILY_FEATURES:], dtype=np.float32)
+        pf = phrase_features(r)
+        fam = (np.asarray(pf[:N_FAMILY_FEATURES]) > 0).astype(np.float32)
+        shape = np.asarray(pf[N_FAMILY_FEATURES:], dtype=np.float32)
         v = phrase_verdict(r)
         rows.append(np.concatenate([fam, shape, VERDICT_SCALE * np.array([v.refusal, v.partial, v.score],
                                                                           dtype=np.float32),

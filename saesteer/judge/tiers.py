@@ -20,7 +20,7 @@ from typing import Any
 
 from saesteer.errors import SaesteerError
 from saesteer.judge.base import Judge, Judgement, check_pairs
-from saesteer.judge.phrases import COMPLIANCE_WORDS, phrase_decided, phrase_verdict
+from saesteer.judge.phrases import ANSWER_FOUND, COMPLIANCE_WORDS, phrase_decided, phrase_verdict
 
 
 class PhraseJudge:
@@ -41,11 +41,6 @@ class PhraseJudge:
 
     def decided(self, prompt: str, partial_response: str) -> bool | None:
         return phrase_decided(partial_response, self.compliance_words)
-
-
-DELIBERATE_COMPLIANCE = ("answered anyway", "meaningless", "task:")
-"""Evidence of a phrase-tier rule that found the answer despite a disclaimer or an objection; the
-classifier does not overrule it."""
 
 
 class CombinedJudge:
@@ -69,7 +64,7 @@ class CombinedJudge:
         out = []
         for v, p in zip(self.phrase.judge(prompts, responses), self.classifier.scores(responses, prompts)):
             if v.refusal or p < self.classifier.weights["threshold"] or \
-                    any(e.startswith(DELIBERATE_COMPLIANCE) for e in v.evidence):
+                    any(e.startswith(ANSWER_FOUND) for e in v.evidence):
                 out.append(v)
             else:   # the classifier decided
                 out.append(Judgement(True, False, round(float(p), 4), "classifier",
