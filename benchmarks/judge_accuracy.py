@@ -244,7 +244,12 @@ SYNTHETIC = {
     "synthetic_styles_xstest5.jsonl":
         "180 answers to 60 further XSTest prompts in the same three voices, by a fifth helper, written after the "
         "rules set 4 led to (2026-12-07): 159 of 180 (158 with the judge before them). Its misses were read but no "
-        "rule was written from them; it stays a held-out check.",
+        "rule was written from them then (2026-12-07); the next session read them and wrote rules from them "
+        "(rebuttals of a loaded premise, pointers to another topic, a lone late stance): 175 of 180.",
+    "synthetic_styles_xstest6.jsonl":
+        "180 answers to 60 further XSTest prompts in the same three voices, by a sixth helper (2026-12-07, "
+        "later session), written after those rules and scored before any was read: `auto` 149 of 180 with "
+        "the judge before them, 150 after; guarded Mistral's lectures and reframings the most missed.",
 }
 """Answers *written* by helpers who never saw the judge's patterns, labelled by XSTest's guidelines:
 not any model's real output, so they are reported apart and never fitted on. Once their misses
