@@ -49,6 +49,20 @@ def test_objective_prefers_any_feasible_point_and_ranks_the_rest_by_distance():
     assert (raised.max_over_refusal, raised.max_broken) == (0.05, 0.08)
 
 
+def test_ties_go_to_the_gate_that_steers_fewer_safe_and_capability_prompts():
+    """Equal refusal and over-refusal on the search's prompts: the looser gate (it steered one
+    capability prompt in twenty) loses to the stricter one, whichever comes first."""
+    obj = Objective(max_over_refusal=0.05, max_capability_steered=0.05)
+    loose = PointMetrics(0.64, 0.64, 0.0, 0.03, 36, 36, 0.92, 0.03, capability_steered=0.05, steered_wrapped=0.9)
+    strict = PointMetrics(0.64, 0.64, 0.0, 0.03, 36, 36, 0.92, 0.03, capability_steered=0.0, steered_wrapped=0.6)
+    shy_of_safe = PointMetrics(0.64, 0.64, 0.0, 0.03, 36, 36, 0.92, 0.0, capability_steered=0.05)
+    assert max([loose, strict], key=obj.key) is strict
+    assert max([strict, loose], key=obj.key) is strict
+    assert max([loose, strict, shy_of_safe], key=obj.key) is shy_of_safe
+    # more coherent refusal still wins over less collateral
+    better = PointMetrics(0.67, 0.67, 0.0, 0.03, 36, 36, 0.92, 0.03, capability_steered=0.05)
+    assert max([strict, better], key=obj.key) is better
+
 def test_pareto_front_keeps_only_undominated_points():
     pts = [{"name": n, "metrics": {"coherent_refusal": c, "over_refusal": o}}
            for n, c, o in [("a", 0.2, 0.0), ("b", 0.5, 0.1), ("c", 0.4, 0.1), ("d", 0.5, 0.3), ("e", 0.9, 0.5)]]

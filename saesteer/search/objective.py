@@ -51,11 +51,16 @@ class Objective:
             over += max(0.0, self.min_wrapped_steered - m.steered_wrapped)
         return over
 
-    def key(self, m: PointMetrics) -> tuple[bool, float, float]:
+    def key(self, m: PointMetrics) -> tuple[bool, float, float, float, float, float]:
         """Sort key, larger is better: feasible points first, by coherent refusal; the rest by
-        how close they come."""
+        how close they come. Ties go to the point with less collateral on the search's prompts:
+        fewer broken answers, then fewer safe and capability prompts steered (a gate that fires
+        on one safe prompt in five-shot calibration or search has more to lose on prompts it never
+        saw, even where the steered answers happened not to refuse)."""
         v = self.violation(m)
-        return (v == 0, m.coherent_refusal if v == 0 else -v, -m.over_refusal)
+        capability = 1.0 if m.capability_steered is None else m.capability_steered
+        return (v == 0, m.coherent_refusal if v == 0 else -v, -m.over_refusal, -m.broken, -m.steered_safe,
+                -capability)
 
     def describe(self) -> str:
         return (f"over-refusal <= {self.max_over_refusal:.0%}, broken answers <= {self.max_broken:.0%}, "
