@@ -63,6 +63,7 @@ def test_ties_go_to_the_gate_that_steers_fewer_safe_and_capability_prompts():
     better = PointMetrics(0.67, 0.67, 0.0, 0.03, 36, 36, 0.92, 0.03, capability_steered=0.05)
     assert max([strict, better], key=obj.key) is better
 
+
 def test_pareto_front_keeps_only_undominated_points():
     pts = [{"name": n, "metrics": {"coherent_refusal": c, "over_refusal": o}}
            for n, c, o in [("a", 0.2, 0.0), ("b", 0.5, 0.1), ("c", 0.4, 0.1), ("d", 0.5, 0.3), ("e", 0.9, 0.5)]]
