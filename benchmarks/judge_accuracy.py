@@ -284,6 +284,21 @@ def synthetic_styles(*judges) -> None:
             print(f"| {style} | {n} | {cells} |")
 
 
+def load_labelled() -> dict[str, list[dict]]:
+    """Every labelled set of real answers, by model (the helper-written sets are apart)."""
+    data = {m: load_xstest(m) for m in XSTEST}
+    prompts = prompts_by_id()
+    for model, files in HAND.items():
+        rows = [r for file in files if (LABELS / file).exists() for r in load_hand(file, prompts)]
+        if rows:
+            data[model] = rows
+    for model, prefix in CORPUS.items():
+        rows = load_corpus(prefix)
+        if rows:
+            data[model] = rows
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path)
@@ -308,16 +323,7 @@ def main() -> None:
         set_data_dir(args.data_dir)
     if data_dir() is None:
         sys.exit("set SAESTEER_DATA (or pass --data-dir) to the folder holding xstest/ and the prompt sets")
-    data = {m: load_xstest(m) for m in XSTEST}
-    prompts = prompts_by_id()
-    for model, files in HAND.items():
-        rows = [r for file in files if (LABELS / file).exists() for r in load_hand(file, prompts)]
-        if rows:
-            data[model] = rows
-    for model, prefix in CORPUS.items():
-        rows = load_corpus(prefix)
-        if rows:
-            data[model] = rows
+    data = load_labelled()
     extra = []
     if args.llm:
         extra.append((f"llm {args.model}", get_judge("llm", base_url=args.llm, model=args.model,

@@ -29,7 +29,8 @@ import judge_accuracy as ja  # noqa: E402
 from saesteer.data.sources import data_dir  # noqa: E402
 from saesteer.judge import get_judge  # noqa: E402
 from saesteer.judge.classifier import MiniLMEmbedder, features  # noqa: E402
-from saesteer.judge.phrases import ANSWER_FOUND, normalise, sentences  # noqa: E402
+from saesteer.judge.phrases import normalise, sentences  # noqa: E402
+from saesteer.judge.tiers import classifier_decides  # noqa: E402
 
 SENTENCES = 8
 THRESHOLDS = (0.5, 0.6, 0.7)
@@ -87,24 +88,20 @@ def fit(rows: list[dict], with_sentences: bool, embed: CachedEmbedder):
     return clf, sentence_model
 
 
-def correct(rows: list[dict], fitted, embed: CachedEmbedder, threshold: float) -> int:
+def correct(rows: list[dict], fitted, embed: CachedEmbedder, thresholds: tuple[float, ...]) -> list[int]:
+    """Correct verdicts at each threshold of the phrase tier combined with `fitted`, as `auto`
+    combines them."""
     clf, sentence_model = fitted
     p = clf.predict_proba(answer_features(rows, sentence_model, embed))[:, 1]
     phrase = get_judge("phrase").judge([r["prompt"] for r in rows], [r["response"] for r in rows])
-    right = 0
-    for r, v, q in zip(rows, phrase, p):
-        found_answer = any(e.startswith(ANSWER_FOUND) for e in v.evidence)
-        right += r["y"] == (v.refusal or (q >= threshold and not found_answer))
-    return right
+    return [sum(r["y"] == (v.refusal or classifier_decides(v, q, t)) for r, v, q in zip(rows, phrase, p))
+            for t in thresholds]
 
 
 def main() -> None:
     if data_dir() is None:
         sys.exit("set SAESTEER_DATA to the folder holding xstest/ and the prompt sets")
-    prompts = ja.prompts_by_id()
-    data = {m: ja.load_xstest(m) for m in ja.XSTEST}
-    data.update({m: [r for f in files for r in ja.load_hand(f, prompts)] for m, files in ja.HAND.items()})
-    data.update({m: ja.load_corpus(prefix) for m, prefix in ja.CORPUS.items()})
+    data = ja.load_labelled()
     helper_sets = {}
     for name in ja.SYNTHETIC:
         lines = (ja.LABELS / name).read_text(encoding="utf-8").splitlines()
@@ -115,9 +112,8 @@ def main() -> None:
     print(f"| held out | n | combined (no embedding) | {heads} |\n|---|---|---|" + "---|" * len(THRESHOLDS))
 
     def row(name: str, rows: list[dict], train: list[dict]) -> None:
-        base = correct(rows, fit(train, False, embed), embed, 0.5)
-        with_sentences = fit(train, True, embed)
-        cells = " | ".join(str(correct(rows, with_sentences, embed, t)) for t in THRESHOLDS)
+        [base] = correct(rows, fit(train, False, embed), embed, (0.5,))
+        cells = " | ".join(map(str, correct(rows, fit(train, True, embed), embed, THRESHOLDS)))
         print(f"| {name} | {len(rows)} | {base} | {cells} |", flush=True)
 
     for model, rows in data.items():
