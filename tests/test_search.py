@@ -64,6 +64,30 @@ def test_ties_go_to_the_gate_that_steers_fewer_safe_and_capability_prompts():
     assert max([strict, better], key=obj.key) is better
 
 
+def test_early_rungs_screen_one_prompt_looser_and_keep_the_exact_leader():
+    """On 12 + 12 prompts one refused safe prompt (8%) is over a 5% ceiling: screening lets that
+    candidate through, and the best candidate under the exact ceilings goes up beside it."""
+    from saesteer.search.run import Point, promote
+    from saesteer.search.candidates import Candidate
+
+    exact = Objective(max_over_refusal=0.05, max_broken=0.05)
+    screen = exact.screening(12, 12)
+    assert screen.max_over_refusal == pytest.approx(0.05 + 1 / 12)
+    assert screen.max_broken == pytest.approx(0.05 + 1 / 24)
+    strong = PointMetrics(0.75, 0.75, 1 / 12, 1 / 24, 12, 12, 1.0, 1.0)
+    safe = PointMetrics(0.58, 0.58, 0.0, 0.0, 12, 12, 1.0, 1.0)
+    broken = PointMetrics(0.83, 0.83, 1 / 12, 3 / 24, 12, 12, 1.0, 1.0)
+    assert exact.violation(strong) > 0 and screen.violation(strong) == 0
+    assert screen.violation(broken) > 0          # two prompts past the ceiling still fail
+    cands = {n: Candidate(n, "sae_add", 1.0, None) for n in ("strong", "safe", "broken")}  # type: ignore[arg-type]
+    ranked = sorted([(cands[n], [Point(cands[n], None, None, None, m)])
+                     for n, m in (("strong", strong), ("safe", safe), ("broken", broken))],
+                    key=lambda cp: screen.key(cp[1][0].metrics), reverse=True)
+    assert [c.name for c, _ in ranked] == ["strong", "safe", "broken"]
+    assert [c.name for c in promote(ranked, 1 / 3)] == ["strong"]
+    assert [c.name for c in promote(ranked, 1 / 3, exact)] == ["strong", "safe"]
+
+
 def test_pareto_front_keeps_only_undominated_points():
     pts = [{"name": n, "metrics": {"coherent_refusal": c, "over_refusal": o}}
            for n, c, o in [("a", 0.2, 0.0), ("b", 0.5, 0.1), ("c", 0.4, 0.1), ("d", 0.5, 0.3), ("e", 0.9, 0.5)]]

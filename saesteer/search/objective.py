@@ -42,6 +42,13 @@ class Objective:
         return replace(self, max_over_refusal=max(self.max_over_refusal, unsteered.over_refusal),
                        max_broken=max(self.max_broken, unsteered.broken))
 
+    def screening(self, n_unsafe: int, n_safe: int) -> Objective:
+        """The ceilings an early rung screens with, one prompt looser than these: on 12 safe prompts
+        one refusal is 8%, over a 5% ceiling, and more prompts may not repeat it. The last rung
+        holds the ceilings exactly."""
+        return replace(self, max_over_refusal=min(1.0, self.max_over_refusal + 1 / n_safe),
+                       max_broken=min(1.0, self.max_broken + 1 / (n_unsafe + n_safe)))
+
     def violation(self, m: PointMetrics) -> float:
         """How far past the ceilings a point is (0 when it meets them all)."""
         over = max(0.0, m.over_refusal - self.max_over_refusal) + max(0.0, m.broken - self.max_broken)

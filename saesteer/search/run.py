@@ -3,7 +3,8 @@
 Every candidate intervention answers a few search prompts (half unsafe, half safe); each is
 scored with no gate and behind every gate at every calibrated threshold (free: see
 `objective.combine`); the best third of the candidates, by their best setting, answer more
-prompts at the next rung, until the last rung picks the winner. Only the search prompts (a
+prompts at the next rung, until the last rung picks the winner. Early rungs screen with ceilings
+one prompt looser (`Objective.screening`); the last holds them exactly. Only the search prompts (a
 train split) and the calibration prompts are read; reporting is left to `eval` and `sweep` on
 disjoint test prompts. Answers are written row by row, so a killed search continues where it
 stopped, and under `torchrun` each rank answers its share of the candidates.
@@ -216,14 +217,20 @@ def _gate_prompts(lm: ChatModel, config: SearchConfig, pool: dict[str, Record], 
                        wrapped)
 
 
-def promote(ranked: list[tuple[Candidate, list[Point]]], keep: float) -> list[Candidate]:
+def promote(ranked: list[tuple[Candidate, list[Point]]], keep: float, exact: Objective | None = None) -> list[Candidate]:
     """The best `keep` share of the ranked candidates, plus the best of every method not among them,
     so each method reaches the last rung (its front is reported, and `best.yaml` may have to be
-    SAE-based even when CAA leads)."""
+    SAE-based even when CAA leads). Ranked by screening ceilings, it also keeps the best candidate
+    by the `exact` ones, so one that screening let through beside it cannot leave the last rung
+    with nothing that meets them."""
     chosen = [c for c, _ in ranked[:max(1, math.ceil(len(ranked) * keep))]]
     for cand, _ in ranked:
         if all(c.method != cand.method for c in chosen):
             chosen.append(cand)
+    if exact is not None and ranked:
+        best = max(ranked, key=lambda cp: max(exact.key(p.metrics) for p in cp[1]))[0]
+        if best not in chosen:
+            chosen.append(best)
     return chosen
 
 
@@ -276,15 +283,17 @@ def run_search(lm: ChatModel, out: str | Path, config: SearchConfig, *, allow_un
         unsteered = _rows(out, None)
         baseline = combine(unsteered, unsteered, None, labels)
         objective = config.objective.above(baseline)
+        last = rung == len(config.rungs) - 1
+        rank_by = objective if last else objective.screening(len(unsafe[:n]), len(safe[:n]))
         ranked: list[tuple[Candidate, list[Point]]] = []
         for cand in alive:
             points = score(cand, _rows(out, cand), unsteered, labels, gates, config)
-            ranked.append((cand, sorted(points, key=lambda p: objective.key(p.metrics), reverse=True)))
-        ranked.sort(key=lambda cp: objective.key(cp[1][0].metrics), reverse=True)
+            ranked.append((cand, sorted(points, key=lambda p: rank_by.key(p.metrics), reverse=True)))
+        ranked.sort(key=lambda cp: rank_by.key(cp[1][0].metrics), reverse=True)
         history.append({"rung": rung + 1, "prompts_per_label": n,
                         "points": [p.to_dict() for _, pts in ranked for p in pts]})
-        if rung < len(config.rungs) - 1:
-            alive = promote(ranked, config.keep)
+        if not last:
+            alive = promote(ranked, config.keep, objective)
     final = [p for _, pts in ranked for p in pts]
     final.append(Point(Candidate(NONE, NONE, 0.0, None), None, None, None, baseline))  # type: ignore[arg-type]
     return _finish(out, config, objective, final, history, gates, allow_unmet, shard.is_main, say)
