@@ -79,7 +79,7 @@ def hook_point(model: nn.Module, where: int | str) -> HookPoint:
     layer: int | None = None
     if isinstance(where, int) or (isinstance(where, str) and where.lstrip("-").isdigit()):
         layer = int(where)
-        if layer < 0:
+        if layer < 0:   # counting from the end, as Python indexes
             layer += n
     else:
         for pattern in _LAYER_PATTERNS:
@@ -93,7 +93,8 @@ def hook_point(model: nn.Module, where: int | str) -> HookPoint:
         if where.count(".") > 1 and not where.startswith("blocks.") and not where.startswith(path + "."):
             raise SaesteerError(f"hook {where!r} is not a module of this model; its blocks are {path}.0-{n - 1}")
     if not 0 <= layer < n:
-        raise SaesteerError(f"layer {layer} is out of range: this model has {n} blocks (0-{n - 1})")
+        raise SaesteerError(f"layer {where} is out of range: this model has {n} blocks (0-{n - 1}, "
+                            f"or -{n} to -1 counting from the end)")
     return HookPoint(layer=layer, name=f"{path}.{layer}", module=blocks[layer])
 
 

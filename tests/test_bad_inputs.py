@@ -300,6 +300,7 @@ CASES = [
     ("eval multiturn", "spec key valeu", REPLAY + ["--steer", "{w}/typo_valeu.json"], "did you mean 'value'?"),
     # sweep
     ("sweep", "--limit 0", SWEEP + ["--limit", "0"], "refusal_limit must be at least 1, got 0"),
+    ("sweep", "--spec missing", SWEEP + ["--spec", "{w}/nosuch.yaml"], "nosuch.yaml not found"),
     ("sweep", "--methods sae_add", SWEEP + ["--methods", "none,sae_add"],
      "sae_add settings come from `saesteer search`: pass the spec it writes with --spec"),
     ("sweep", "--capability-limit -1", SWEEP + ["--capability-limit", "-1"], "capability_limit must be at least 1"),

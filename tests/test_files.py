@@ -193,3 +193,18 @@ def test_an_atomically_written_file_gets_the_mode_of_any_new_file(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_json_files_are_strict_a_nan_is_written_as_null(tmp_path):
+    """A rate of no trials or an undefined mean must not write NaN, which JSON parsers refuse."""
+    import numpy as np
+
+    from saesteer.evaluate.stats import describe, rate
+
+    path = tmp_path / "s.json"
+    write_json(path, {"rate": rate(0, 0), "mean": float("nan"), "inf": [float("inf"), 1.0],
+                      "array": np.array([np.nan, 2.0])})
+    loaded = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert loaded == {"rate": {"rate": None, "n": 0, "k": 0, "ci95": [0.0, 1.0]}, "mean": None,
+                      "inf": [None, 1.0], "array": [None, 2.0]}
+    assert describe(rate(0, 0)) == "n=0" and describe(rate(1, 4)).startswith("25.0% [")

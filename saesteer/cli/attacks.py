@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, eval_app, say, setup
+from saesteer.evaluate.stats import describe
 from saesteer.cli.core import (AblateOpt, AddOpt, ClampOpt, HookOpt, SaeOpt, ScaleOpt, SteerOpt,
                                steering_from_options)
 
@@ -83,23 +84,18 @@ def attacks(
     _report(summary, out)
 
 
-def _fmt(s: dict) -> str:
-    if not s["n"]:
-        return "n=0"
-    return f"{s['rate']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}] (n={s['n']})"
-
-
 def _report(summary: dict, out: Path) -> None:
     groups = summary.get("by_positions") or {summary["positions"]: summary}
     for positions, g in groups.items():
         where = f" [positions {positions}]" if positions else ""
-        say(f"plain request{where}: refusal {_fmt(g['plain']['refusal'])}, success {_fmt(g['plain']['asr'])}")
+        say(f"plain request{where}: refusal {describe(g['plain']['refusal'])}, success {describe(g['plain']['asr'])}")
         for name, s in g["attacks"].items():
-            extra = f"; {s['failed']} failed" if s["failed"] else ""
-            say(f"  {name:<22} success {_fmt(s['asr'])}{extra}")
-        say(f"overall{where}: success {_fmt(g['overall']['asr'])}; any attack {_fmt(g['overall']['any_attack'])}")
+            extra = (f"; {s['failed']} failed" if s["failed"] else "") + \
+                (f"; {s['too_long']} too long for the model's context, skipped" if s.get("too_long") else "")
+            say(f"  {name:<22} success {describe(s['asr'])}{extra}")
+        say(f"overall{where}: success {describe(g['overall']['asr'])}; any attack {describe(g['overall']['any_attack'])}")
         if "over_refusal" in g:
-            say(f"over-refusal on safe prompts{where}: {_fmt(g['over_refusal'])}")
+            say(f"over-refusal on safe prompts{where}: {describe(g['over_refusal'])}")
     failed = sum(s["failed"] for g in groups.values() for s in g["attacks"].values())
     if failed:
         say(f"note: {failed} rows could not be built (converter errors, kept as failed rows with the reason; "

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, ModelArg, eval_app, say, setup
+from saesteer.evaluate.stats import describe
 from saesteer.cli.core import (AblateOpt, AddOpt, ClampOpt, HookOpt, PositionsOpt, SaeOpt, ScaleOpt, SteerOpt,
                                steering_from_options)
 
@@ -60,7 +61,7 @@ def refusal(
         for key, name in (("unsafe_refusal", "refusal on unsafe prompts"), ("safe_over_refusal", "over-refusal on safe prompts")):
             s = summary.get(key)
             if s:
-                say(f"{name}: {s['rate']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}] (n={s['n']})")
+                say(f"{name}: {describe(s)}")
         say(f"wrote {Path(out) / 'responses.jsonl'} and {Path(out) / 'summary.json'}")
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, ModelArg, eval_app, say, setup
+from saesteer.evaluate.stats import describe
 from saesteer.cli.core import (AblateOpt, AddOpt, ClampOpt, HookOpt, PositionsOpt, SaeOpt, ScaleOpt, SteerOpt,
                                steering_from_options)
 
@@ -95,7 +96,7 @@ def multiturn(
         lm = load_model(model, dtype=dtype, device=device)
         summary = evaluate_replay(lm, out, config, spec)
         s = summary["final_turn_refusal"]
-        say(f"refusal on final turns: {s['rate']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}] (n={s['n']})")
+        say(f"refusal on final turns: {describe(s)}")
         say(f"wrote {out / 'conversations.jsonl'} and {out / 'summary.json'}")
         return
 
@@ -128,11 +129,10 @@ def multiturn(
             "pass --judge-endpoint for numbers comparable to the paper")
     summary = run_crescendo(lm, out, config, spec, attacker=attacker_backend, scorer=scorer)
     for oid, s in summary["objectives"].items():
-        say(f"{oid}: ASR {s['rate']:.1%} [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}] (n={s['n']})")
+        say(f"{oid}: ASR {describe(s)}")
     pooled = summary["asr_pooled"]
     mean = summary["asr_mean"] if summary["asr_mean"] is not None else float("nan")
-    say(f"mean ASR over objectives {mean:.1%}; pooled {pooled['rate']:.1%} "
-        f"[{pooled['ci95'][0]:.1%}, {pooled['ci95'][1]:.1%}] (n={pooled['n']})")
+    say(f"mean ASR over objectives {mean:.1%}; pooled {describe(pooled)}")
     say(f"target refusals: {pooled['target_refusals']} of {pooled['target_turns']} answers "
         f"({pooled['backtracks']} backtracks)")
     say(f"wrote {out / 'conversations.jsonl'} and {out / 'summary.json'}")

@@ -16,6 +16,14 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def rate(successes: int, n: int) -> dict[str, float | int]:
+def rate(successes: int, n: int) -> dict[str, float | int | None]:
+    """{rate, n, k, ci95}; the rate of no trials is None (JSON null), not NaN, which JSON has not."""
     lo, hi = wilson(successes, n)
-    return {"rate": successes / n if n else float("nan"), "n": n, "k": successes, "ci95": [lo, hi]}
+    return {"rate": successes / n if n else None, "n": n, "k": successes, "ci95": [lo, hi]}
+
+
+def describe(r: dict) -> str:
+    """`rate`'s dict as a line: "12.5% [3.5%, 36.0%] (n=16)", or "n=0"."""
+    if not r["n"]:
+        return "n=0"
+    return f"{r['rate']:.1%} [{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] (n={r['n']})"

@@ -88,6 +88,8 @@ class SweepConfig:
             check_value(value, "sweep clamp")
         for value in self.direction_strengths:
             check_value(value, "sweep strength")
+        for path in self.specs:
+            SteeringSpec.load(path)   # a missing or broken --spec fails before the model and data load
 
 
 @dataclass
