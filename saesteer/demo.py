@@ -76,7 +76,12 @@ class DemoConfig:
     search_calibration: str = "bundled:harmless@train,bundled:borderline@train"
     """Gate thresholds are set on these safe prompts, less the search's own and those discovery's
     detectors were fitted on."""
-    max_over_refusal: float = 0.05
+    max_over_refusal: float = 0.0
+    """No refusal of safe train prompts beyond the unsteered model's own (`Objective.above` raises the
+    ceiling to its rate): the demo's target is 5% over-refusal where the unsteered model already
+    refuses 4%, a budget no count on 36 train prompts can resolve. At 5%, a pick that refused one
+    train prompt of 36 more gave 12% over-refusal on held-out public prompts against 8%
+    (docs/RESULTS.md, "Demo")."""
     min_wrapped_steered: float = 0.5
     """The pick's gate must still fire on half of the train requests wrapped in jailbreak templates:
     a gate that reads only plain requests is opened by the first template (docs/RESULTS.md)."""
