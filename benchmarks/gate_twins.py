@@ -24,33 +24,22 @@ itself, not a calibration).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from saesteer.data.registry import load_records
-from saesteer.discover import auroc
-from saesteer.models import load_model
-from saesteer.steer.directions import mean_residuals
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.gate_ceiling import auc, fit as fit_probe  # noqa: E402
+from saesteer.data.registry import load_records  # noqa: E402
+from saesteer.models import load_model  # noqa: E402
+from saesteer.steer.directions import mean_residuals  # noqa: E402
 
 FIT = {"harmful": ("harmful_train", None), "harmless": ("harmless_train", 300),
        "borderline": ("bundled:borderline@train", None)}
 TWINS = {"xstest": ("xstest:unsafe", "xstest:safe"), "jbb": ("jailbreakbench:harmful", "jailbreakbench:benign")}
 EASY = ("bundled:harmless@test", None)
-
-
-def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    return float(auroc(pos[:, None], neg[:, None])[0])
-
-
-def fit(pos: torch.Tensor, neg: torch.Tensor, c: float):
-    from sklearn.linear_model import LogisticRegression
-
-    x = torch.cat([pos, neg])
-    mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
-    clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
-    clf.fit(((x - mu) / sd).numpy(), [1] * len(pos) + [0] * len(neg))
-    w = torch.tensor(clf.coef_[0])
-    return lambda v: ((v - mu) / sd) @ w
 
 
 def folds(n: int, k: int) -> list[torch.Tensor]:
@@ -85,10 +74,10 @@ def main() -> None:
         pos0, neg0 = get["harmful"], torch.cat([get["harmless"], get["borderline"]])
         for target, other in (("jbb", "xstest"), ("xstest", "jbb")):
             unsafe, safe = get[f"{target}_unsafe"], get[f"{target}_safe"]
-            rows = [score_row("base", fit(pos0, neg0, args.c), unsafe, safe, get["easy"])]
-            rows.append(score_row(f"+{other}", fit(torch.cat([pos0, get[f"{other}_unsafe"]]),
-                                                     torch.cat([neg0, get[f"{other}_safe"]]), args.c),
-                                  unsafe, safe, get["easy"]))
+            rows = [score_row("base", fit_probe("logreg", pos0, neg0, args.c), unsafe, safe, get["easy"])]
+            with_other = fit_probe("logreg", torch.cat([pos0, get[f"{other}_unsafe"]]),
+                                   torch.cat([neg0, get[f"{other}_safe"]]), args.c)
+            rows.append(score_row(f"+{other}", with_other, unsafe, safe, get["easy"]))
             # in-source k-fold: each fold scored by a probe fitted with the other folds' twins
             su, ss = torch.empty(len(unsafe)), torch.empty(len(safe))
             for fu, fs in zip(folds(len(unsafe), 5), folds(len(safe), 5)):
@@ -96,7 +85,8 @@ def main() -> None:
                 keep_u[fu] = False
                 keep_s = torch.ones(len(safe), dtype=torch.bool)
                 keep_s[fs] = False
-                score = fit(torch.cat([pos0, unsafe[keep_u]]), torch.cat([neg0, safe[keep_s]]), args.c)
+                score = fit_probe("logreg", torch.cat([pos0, unsafe[keep_u]]), torch.cat([neg0, safe[keep_s]]),
+                                  args.c)
                 su[fu], ss[fs] = score(unsafe[fu]).float(), score(safe[fs]).float()
             oracle = float((su > torch.quantile(ss, 0.95)).float().mean())
             rows.append(f"+own (5-fold) | {auc(su, ss):.2f} | - | {oracle:.0%}")
