@@ -81,7 +81,7 @@ class DemoConfig:
     ceiling to its rate): the demo's target is 5% over-refusal where the unsteered model already
     refuses 4%, a budget no count on 36 train prompts can resolve. At 5%, a pick that refused one
     train prompt of 36 more gave 12% over-refusal on held-out public prompts against 8%
-    (docs/RESULTS.md, "Demo")."""
+    (docs/RESULTS.md, "Early rungs screen one prompt looser")."""
     min_wrapped_steered: float = 0.5
     """The pick's gate must still fire on half of the train requests wrapped in jailbreak templates:
     a gate that reads only plain requests is opened by the first template (docs/RESULTS.md)."""

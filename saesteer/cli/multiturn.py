@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from saesteer.cli.common import DataDirOpt, DeviceOpt, DtypeOpt, ModelArg, eval_app, say, setup
-from saesteer.evaluate.stats import describe
 from saesteer.cli.core import (AblateOpt, AddOpt, ClampOpt, HookOpt, PositionsOpt, SaeOpt, ScaleOpt, SteerOpt,
                                steering_from_options)
+from saesteer.evaluate.stats import describe
 
 MODES = ("crescendo", "replay")
 
